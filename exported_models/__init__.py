@@ -1,0 +1,1 @@
+"""Model bundles shipped with scdr, one folder per drug (format in README.md)."""

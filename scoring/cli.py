@@ -1,0 +1,160 @@
+"""Command line: ``scdr-score`` (score an h5ad) and ``scdr-models`` (list shipped models).
+
+Errors are one line on stderr with a stable exit code (see ``scoring.errors``); never a
+traceback unless ``SCDR_DEBUG=1``.
+"""
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scoring import __version__
+from scoring.bundle import list_bundles
+from scoring.engine import DEFAULT_CHUNK_SIZE, resolve_bundle, score_file
+from scoring.errors import EXIT_INTERNAL, ScdrError
+from scoring.inference import DEVICES
+from scoring.output import check_output_path, default_output_path, write_json_atomic
+from scoring.progress import progress_bar
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input_path", metavar="CELLS.h5ad", type=click.Path(path_type=Path))
+@click.option("--drug", "drugs", multiple=True,
+              help="Shipped model by drug name or alias (any case); repeat for several drugs "
+                   "scored in one pass over the file. See scdr-models.")
+@click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
+              help="A bundle folder (model.onnx, head.onnx, card.json); repeatable.")
+@click.option("-o", "--output", type=str, default=None,
+              help="Output table (.csv, or .tsv for tabs). Default: <stem>.scdr.<drug>.csv "
+                   "next to the input. With several models, include {drug} in the name.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--pathways", is_flag=True, help="Add the latent pathway activities as columns.")
+@click.option("--layer", default=None,
+              help="Matrix to read: X, raw/X, or a layer name. Default: the first of "
+                   "layers/counts, raw/X, X that holds integer counts.")
+@click.option("--gene-column", default=None,
+              help="var column with gene names (e.g. feature_name); default: the var index.")
+@click.option("--normalized", is_flag=True,
+              help="Input is already log1p(CP10k): skip scaling and log1p.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE,
+              show_default=True, help="Cells per chunk (memory is bounded by it).")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="ONNX Runtime provider: cuda needs onnxruntime-gpu.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads for ONNX Runtime and the Numba kernels (default: all cores).")
+@click.option("--summary", type=click.Path(path_type=Path), default=None,
+              help="Write a JSON run summary here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or coverage messages.")
+@click.version_option(__version__, prog_name="scdr")
+def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, ...],
+                  output: str | None, force: bool, pathways: bool, layer: str | None,
+                  gene_column: str | None, normalized: bool, chunk_size: int, device: str,
+                  threads: int | None, summary: Path | None, quiet: bool) -> None:
+    """Predict, for every cell of CELLS.h5ad, sensitive or resistant to a drug."""
+    def log(msg: str) -> None:
+        if not quiet:
+            click.echo(msg, err=True)
+
+    def run() -> dict[str, Any]:
+        if not drugs and not models:
+            raise ScdrError("name a model: --drug NAME (see scdr-models) or --model DIR")
+        bundles = [resolve_bundle(d, None) for d in drugs]
+        bundles += [resolve_bundle(None, m) for m in models]
+        outputs = _output_paths(input_path, [b.drug for b in bundles], output)
+        for out in outputs:
+            check_output_path(out, force)
+        if summary is not None:
+            check_output_path(summary, True)
+        result = score_file(
+            input_path, bundles, outputs, pathways=pathways, layer=layer,
+            gene_column=gene_column, normalized=normalized, chunk_size=chunk_size,
+            device=device, threads=threads, progress=progress_bar(not quiet), log=log,
+        )
+        for m in result["models"]:
+            log(f"{m['drug']}: {m['labels']['sensitive']:,} sensitive, "
+                f"{m['labels']['resistant']:,} resistant -> {m['output']}")
+        return result
+
+    _run_guarded(run, summary)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "as_json", is_flag=True, help="Print the cards' summaries as JSON.")
+def models_command(as_json: bool) -> None:
+    """List the shipped models with a summary of each card."""
+    rows = []
+    for path, card in list_bundles():
+        metrics = card.get("metrics", {})
+        rows.append({
+            "drug": card["drug"],
+            "aliases": card.get("aliases", []),
+            "genes": len(card["genes"]["symbols"]),
+            "pathways": len(card["pathways"]["names"]),
+            "pathway_source": card["pathways"].get("source", ""),
+            "threshold": card["threshold"]["value"],
+            "bulk_auroc": metrics.get("bulk_validation", {}).get("auroc"),
+            "description": card.get("description", ""),
+            "path": str(path),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no shipped models found")
+        return
+    for r in rows:
+        auroc = "n/a" if r["bulk_auroc"] is None else f"{r['bulk_auroc']:.3f}"
+        click.echo(f"{r['drug']:<14} genes {r['genes']:>5}  pathways {r['pathways']:>4} "
+                   f"({r['pathway_source']})  bulk AUROC {auroc}  aliases: "
+                   f"{', '.join(r['aliases']) or '-'}")
+
+
+def _output_paths(input_path: Path, drug_names: list[str], output: str | None) -> list[Path]:
+    if output is None:
+        return [default_output_path(input_path, d) for d in drug_names]
+    if len(drug_names) > 1 and "{drug}" not in output:
+        raise ScdrError("several models write several tables: put {drug} in --output")
+    paths = [Path(output.replace("{drug}", d)) for d in drug_names]
+    if len(set(paths)) != len(paths):
+        raise ScdrError("two models would write the same output file; name each drug once")
+    return paths
+
+
+def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> None:
+    """Run, turning every failure into one line on stderr, an exit code and a summary."""
+    try:
+        result = run()
+        result["status"] = "ok"
+        code = 0
+    except ScdrError as e:
+        result = {"status": "error", "error": str(e), "exit_code": e.exit_code}
+        click.echo(f"scdr-score: error: {e}", err=True)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        result = {"status": "error", "error": "interrupted", "exit_code": 130}
+        click.echo("scdr-score: interrupted; no output written", err=True)
+        code = 130
+    except Exception as e:  # anything unforeseen is an internal error, reported in one line
+        if os.environ.get("SCDR_DEBUG"):
+            raise
+        result = {"status": "error", "error": f"internal: {type(e).__name__}: {e}",
+                  "exit_code": EXIT_INTERNAL}
+        click.echo(f"scdr-score: internal error ({type(e).__name__}: {e}); "
+                   "rerun with SCDR_DEBUG=1 and report it", err=True)
+        code = EXIT_INTERNAL
+    if summary is not None:
+        try:
+            write_json_atomic(summary, result)
+        except OSError as e:
+            click.echo(f"scdr-score: error: cannot write summary {summary} ({e.strerror})", err=True)
+            code = code or 4
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    score_command()

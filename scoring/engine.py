@@ -1,0 +1,287 @@
+"""The scoring loop: read a chunk of cells once, normalise it for each model, run ONNX Runtime.
+
+``score`` is the Python API (returns the per-cell table); ``score_file`` is what ``scdr-score``
+runs (streams rows into output files and returns the run summary).
+"""
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+from scoring import __version__
+from scoring.bundle import Bundle, find_bundle, load_bundle
+from scoring.errors import InputError, ScdrError
+from scoring.genes import GeneMatch, match_genes
+from scoring.h5ad import Chunk, CountSource, from_arrays, open_counts
+from scoring.inference import Predictor, make_predictor
+from scoring.normalize import STATUS_ZERO_COUNTS, normalize_chunk
+from scoring.output import TableWriter
+
+DEFAULT_CHUNK_SIZE = 8192
+MIN_COVERAGE = 0.5
+SENSITIVE, RESISTANT = "sensitive", "resistant"
+
+
+@dataclass
+class ScoreTable:
+    """Per-cell predictions of one model, in input order."""
+
+    drug: str
+    cell_ids: list[str]
+    probability: np.ndarray
+    logit: np.ndarray
+    label: np.ndarray
+    zero_counts: np.ndarray
+    pathways: np.ndarray
+    pathway_names: list[str]
+    coverage: float
+
+    def to_pandas(self) -> Any:
+        """The table as a pandas DataFrame indexed by cell id (needs pandas)."""
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            {"probability": self.probability, "label": self.label, "zero_counts": self.zero_counts},
+            index=pd.Index(self.cell_ids, name="cell_id"),
+        )
+        paths = pd.DataFrame(self.pathways, index=frame.index,
+                             columns=[f"pathway:{n}" for n in self.pathway_names])
+        return pd.concat([frame, paths], axis=1)
+
+
+@dataclass
+class ModelRun:
+    """One model's state during a pass: its predictor, gene match and running counts."""
+
+    predictor: Predictor
+    match: GeneMatch
+    n_cells: int = 0
+    n_sensitive: int = 0
+    n_zero: int = 0
+    buffer: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def bundle(self) -> Bundle:
+        """The bundle this run scores with."""
+        return self.predictor.bundle
+
+
+@dataclass
+class ChunkResult:
+    """Predictions for the cells of one chunk."""
+
+    cell_ids: list[str]
+    probability: np.ndarray
+    logit: np.ndarray
+    label: np.ndarray
+    zero_counts: np.ndarray
+    pathways: np.ndarray
+
+
+def score(
+    data: str | Path | np.ndarray | sp.spmatrix | sp.sparray,
+    drug: str | None = None,
+    model: str | Path | None = None,
+    *,
+    gene_names: Sequence[str] | None = None,
+    cell_ids: Sequence[str] | None = None,
+    layer: str | None = None,
+    gene_column: str | None = None,
+    normalized: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    device: str = "auto",
+    threads: int | None = None,
+) -> ScoreTable:
+    """Score every cell of an h5ad path, or of a cells x genes matrix with ``gene_names``.
+
+    ``drug`` names a shipped model (name or alias, any case); ``model`` is any bundle folder.
+    """
+    bundle = resolve_bundle(drug, model)
+    with open_source(data, gene_names, cell_ids, layer, gene_column, normalized) as source:
+        run = prepare_run(bundle, source, device, threads, normalized)
+        parts: list[ChunkResult] = []
+        stream(source, [run], chunk_size, normalized, lambda _run, res: parts.append(res))
+    n_paths = len(bundle.pathway_names)
+
+    def cat(name: str, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts]) if parts else empty
+
+    return ScoreTable(
+        drug=bundle.drug,
+        cell_ids=[c for p in parts for c in p.cell_ids],
+        probability=cat("probability", np.zeros(0, np.float32)),
+        logit=cat("logit", np.zeros(0, np.float32)),
+        label=cat("label", np.zeros(0, dtype="<U9")),
+        zero_counts=cat("zero_counts", np.zeros(0, bool)),
+        pathways=cat("pathways", np.zeros((0, n_paths), np.float32)),
+        pathway_names=bundle.pathway_names,
+        coverage=run.match.coverage,
+    )
+
+
+def score_file(
+    path: Path,
+    bundles: list[Bundle],
+    outputs: list[Path],
+    *,
+    pathways: bool = False,
+    layer: str | None = None,
+    gene_column: str | None = None,
+    normalized: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, Any]:
+    """Score ``path`` with every bundle in one pass, writing one table per bundle atomically."""
+    t0 = time.perf_counter()
+    with open_source(path, None, None, layer, gene_column, normalized) as source:
+        runs = [prepare_run(b, source, device, threads, normalized) for b in bundles]
+        for run in runs:
+            m = run.match
+            log(f"{run.bundle.drug}: {m.n_matched}/{m.n_panel} panel genes found "
+                f"({m.coverage:.1%}) in {source.location}")
+        writers = {id(r): TableWriter(out, r.bundle.pathway_names if pathways else None)
+                   for r, out in zip(runs, outputs)}
+        try:
+            for w in writers.values():
+                w.open()
+
+            def sink(run: ModelRun, res: ChunkResult) -> None:
+                writers[id(run)].write(res.cell_ids, res.probability, res.label,
+                                       res.zero_counts, res.pathways)
+
+            stream(source, runs, chunk_size, normalized, sink, progress)
+            for w in writers.values():
+                w.commit()
+        except BaseException:
+            for w in writers.values():
+                w.abort()
+            raise
+        n_obs, location = source.n_obs, source.location
+    wall = time.perf_counter() - t0
+    return {
+        "input": str(path),
+        "matrix": location,
+        "cells": n_obs,
+        "wall_time_s": round(wall, 3),
+        "cells_per_s": round(n_obs / wall, 1) if wall > 0 else None,
+        "scdr_version": __version__,
+        "chunk_size": chunk_size,
+        "threads": threads,
+        "normalized_input": normalized,
+        "models": [
+            {
+                "drug": r.bundle.drug,
+                "bundle": str(r.bundle.path),
+                "sha256": r.bundle.sha256,
+                "providers": r.predictor.providers,
+                "output": str(out),
+                "panel_genes": r.match.n_panel,
+                "genes_found": r.match.n_matched,
+                "coverage": round(r.match.coverage, 4),
+                "threshold": r.bundle.threshold,
+                "labels": {SENSITIVE: r.n_sensitive, RESISTANT: r.n_cells - r.n_sensitive},
+                "zero_count_cells": r.n_zero,
+            }
+            for r, out in zip(runs, outputs)
+        ],
+    }
+
+
+def resolve_bundle(drug: str | None, model: str | Path | None) -> Bundle:
+    """Load the bundle named by ``model`` (a folder) or ``drug`` (a shipped model)."""
+    if (drug is None) == (model is None):
+        raise ScdrError("name exactly one of drug (a shipped model) or model (a bundle folder)")
+    return load_bundle(model if model is not None else find_bundle(str(drug)))
+
+
+def open_source(
+    data: str | Path | np.ndarray | sp.spmatrix | sp.sparray,
+    gene_names: Sequence[str] | None,
+    cell_ids: Sequence[str] | None,
+    layer: str | None,
+    gene_column: str | None,
+    normalized: bool,
+) -> CountSource:
+    """A count source for a path (h5ad) or an in-memory matrix with its gene names."""
+    if isinstance(data, str | Path):
+        return open_counts(data, layer=layer, gene_column=gene_column, normalized=normalized)
+    if gene_names is None:
+        raise InputError("scoring a matrix needs gene_names (one per column)")
+    return from_arrays(data, list(gene_names), None if cell_ids is None else list(cell_ids),
+                       normalized=normalized)
+
+
+def prepare_run(
+    bundle: Bundle, source: CountSource, device: str, threads: int | None, normalized: bool
+) -> ModelRun:
+    """Match genes (refusing low coverage), check the input kind, and create the session."""
+    if source.n_obs == 0:
+        raise InputError(f"{source.location} has no cells")
+    if source.n_vars == 0:
+        raise InputError(f"{source.location} has no genes")
+    if normalized and not bundle.normalization.accepts_normalized:
+        raise InputError(f"the {bundle.drug} model needs raw counts; it cannot take --normalized")
+    match = match_genes(source.var_names, bundle.symbols, bundle.ensembl_ids)
+    if match.coverage < MIN_COVERAGE:
+        raise InputError(
+            f"only {match.n_matched} of the {bundle.drug} model's {match.n_panel} genes are in "
+            f"the file ({1 - match.coverage:.1%} missing, the floor is {MIN_COVERAGE:.0%}); "
+            "if gene names are in a var column, name it with --gene-column (e.g. feature_name)"
+        )
+    if threads:
+        numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    return ModelRun(make_predictor(bundle, device, threads), match)
+
+
+def stream(
+    source: CountSource,
+    runs: list[ModelRun],
+    chunk_size: int,
+    normalized: bool,
+    sink: Callable[[ModelRun, ChunkResult], None],
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Read each chunk once and hand every model's predictions for it to ``sink``."""
+    if chunk_size < 1:
+        raise ScdrError(f"chunk size must be at least 1, got {chunk_size}")
+    for chunk in source.chunks(chunk_size):
+        for run in runs:
+            sink(run, _predict_chunk(run, chunk, normalized))
+        if progress is not None:
+            progress(chunk.stop, source.n_obs)
+
+
+def _predict_chunk(run: ModelRun, chunk: Chunk, normalized: bool) -> ChunkResult:
+    bundle = run.bundle
+    try:
+        x, status = normalize_chunk(
+            chunk.data, chunk.indices, chunk.indptr, run.match.gene_map, run.match.present,
+            bundle.normalization, normalized_input=normalized, out=run.buffer,
+        )
+    except InputError as e:
+        raise InputError(f"rows {chunk.start}-{chunk.stop - 1}: {e}") from None
+    run.buffer = x if run.buffer is None or x.shape[0] > run.buffer.shape[0] else run.buffer
+    out = run.predictor.predict(x)
+    prob = out["probability"]
+    sensitive = prob >= bundle.threshold
+    zero = status == STATUS_ZERO_COUNTS
+    run.n_cells += len(prob)
+    run.n_sensitive += int(sensitive.sum())
+    run.n_zero += int(zero.sum())
+    return ChunkResult(
+        cell_ids=chunk.obs_names,
+        probability=prob,
+        logit=out["logit"],
+        label=np.where(sensitive, SENSITIVE, RESISTANT),
+        zero_counts=zero,
+        pathways=out["pathways"],
+    )

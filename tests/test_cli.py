@@ -1,0 +1,134 @@
+"""End to end: scdr-score on the example with a bundle, through the real CLI process."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import EXAMPLE, forward, reference_normalize, write_h5ad
+
+from scoring import score
+from scoring.bundle import load_bundle
+from scoring.genes import match_genes
+
+CLI = [sys.executable, "-m", "scoring.cli"]
+
+
+def _cli(*args, check_rc=0):
+    proc = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == check_rc, proc.stderr
+    return proc
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t" if str(path).endswith(".tsv") else ","))
+
+
+def test_cli_scores_every_cell_in_order_and_matches_numpy(tmp_path, bundle_dir, example_counts):
+    m, var, obs = example_counts
+    out = tmp_path / "pred.csv"
+    summary = tmp_path / "run.json"
+    _cli(EXAMPLE, "--model", bundle_dir, "-o", out, "--summary", summary, "--pathways", "-q")
+    rows = _rows(out)
+    assert [r["cell_id"] for r in rows] == obs
+    card = json.loads((bundle_dir / "card.json").read_text())
+    bundle = load_bundle(bundle_dir)
+    match = match_genes(var, bundle.symbols, bundle.ensembl_ids)
+    x, _ = reference_normalize(m.toarray(), match.gene_map, match.n_panel, card["normalization"])
+    want = forward(x, bundle_dir)
+    got = np.array([float(r["probability"]) for r in rows])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert [r["label"] for r in rows] == ["sensitive" if p >= 0.5 else "resistant" for p in got]
+    assert sum(k.startswith("pathway:") for k in rows[0]) == len(card["pathways"]["names"])
+    s = json.loads(summary.read_text())
+    assert s["status"] == "ok" and s["cells"] == len(obs)
+    model = s["models"][0]
+    assert model["labels"]["sensitive"] == sum(r["label"] == "sensitive" for r in rows)
+    assert model["sha256"]["model.onnx"] == card["files"]["model.onnx"]["sha256"]
+    assert 0.9 < model["coverage"] < 1
+
+
+def test_default_output_next_to_input_and_force(tmp_path, bundle_dir):
+    src = tmp_path / "cells.h5ad"
+    src.write_bytes(EXAMPLE.read_bytes())
+    _cli(src, "--model", bundle_dir, "-q")
+    out = tmp_path / "cells.scdr.testdrug.csv"
+    assert out.exists()
+    first = out.read_bytes()
+    proc = _cli(src, "--model", bundle_dir, "-q", check_rc=4)
+    assert "exists" in proc.stderr and "--force" in proc.stderr
+    _cli(src, "--model", bundle_dir, "-q", "--force")
+    assert out.read_bytes() == first  # deterministic output
+    assert src.read_bytes() == EXAMPLE.read_bytes()  # input never modified
+
+
+def test_identical_predictions_whatever_chunk_size_and_threads(bundle_dir):
+    ref = score(EXAMPLE, model=bundle_dir, chunk_size=10_000, threads=2)
+    for chunk_size, threads in ((1, 1), (7, 2), (64, 1)):
+        t = score(EXAMPLE, model=bundle_dir, chunk_size=chunk_size, threads=threads)
+        assert t.cell_ids == ref.cell_ids
+        np.testing.assert_allclose(t.probability, ref.probability, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(t.pathways, ref.pathways, rtol=1e-6, atol=1e-6)
+        assert (t.label == ref.label).all()
+
+
+def test_python_api_on_arrays_equals_file(bundle_dir, example_counts):
+    m, var, obs = example_counts
+    from_file = score(EXAMPLE, model=bundle_dir)
+    from_arrays = score(m, model=bundle_dir, gene_names=var, cell_ids=obs)
+    assert from_arrays.cell_ids == from_file.cell_ids
+    np.testing.assert_allclose(from_arrays.probability, from_file.probability, rtol=1e-6)
+    dense = score(m.toarray(), model=bundle_dir, gene_names=var)
+    np.testing.assert_allclose(dense.probability, from_file.probability, rtol=1e-6)
+
+
+def test_symbols_and_ensembl_names_give_the_same_predictions(tmp_path, bundle_dir, example_counts):
+    m, var, _obs = example_counts
+    bundle = load_bundle(bundle_dir)
+    to_symbol = {e: s for s, e in zip(bundle.symbols, bundle.ensembl_ids)}
+    renamed = [to_symbol.get(v, v).lower() for v in var]  # case must not matter
+    versioned = [f"{v}.7" if v.startswith("ENSG") else v for v in var]
+    a = score(m, model=bundle_dir, gene_names=renamed)
+    b = score(m, model=bundle_dir, gene_names=versioned)
+    c = score(m, model=bundle_dir, gene_names=var)
+    np.testing.assert_allclose(a.probability, c.probability, rtol=1e-6)
+    np.testing.assert_allclose(b.probability, c.probability, rtol=1e-6)
+
+
+def test_several_models_in_one_pass(tmp_path, bundle_dir, example_counts):
+    _m, _var, obs = example_counts
+    other = tmp_path / "second"
+    from helpers import write_bundle
+
+    bundle = load_bundle(bundle_dir)
+    write_bundle(other, bundle.symbols, bundle.ensembl_ids, seed=5, drug="otherdrug", aliases=())
+    _cli(EXAMPLE, "--model", bundle_dir, "--model", other, "-o", tmp_path / "{drug}.tsv", "-q")
+    a, b = _rows(tmp_path / "testdrug.tsv"), _rows(tmp_path / "otherdrug.tsv")
+    assert len(a) == len(b) == len(obs)
+    single = score(EXAMPLE, model=other)
+    np.testing.assert_allclose([float(r["probability"]) for r in b], single.probability, rtol=1e-5)
+    proc = _cli(EXAMPLE, "--model", bundle_dir, "--model", other, "-o", tmp_path / "x.csv",
+                check_rc=2)
+    assert "{drug}" in proc.stderr
+
+
+def test_zero_count_cells_are_flagged_not_nan(tmp_path, bundle_dir, example_counts):
+    m, var, obs = example_counts
+    m = m[:10].tolil()
+    m[3, :] = 0
+    path = write_h5ad(tmp_path / "z.h5ad", m.tocsr(), var, obs[:10])
+    out = tmp_path / "z.csv"
+    _cli(path, "--model", bundle_dir, "-o", out, "-q")
+    rows = _rows(out)
+    assert [r["zero_counts"] for r in rows].count("true") == 1 and rows[3]["zero_counts"] == "true"
+    assert all(np.isfinite(float(r["probability"])) for r in rows)
+
+
+@pytest.mark.parametrize("alias", ["testdrug", "TESTDRUG", "td-1"])
+def test_drug_lookup_by_name_or_alias(bundle_dir, alias):
+    from scoring.bundle import find_bundle
+
+    assert find_bundle(alias, root=bundle_dir.parent) == bundle_dir

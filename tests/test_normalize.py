@@ -1,0 +1,73 @@
+"""The Numba normaliser agrees with the numpy reference of the contract, on real cells."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from helpers import reference_normalize
+
+from scoring.bundle import load_bundle
+from scoring.genes import match_genes
+from scoring.normalize import normalize_chunk
+
+
+def _run(m: sp.csr_matrix, gene_map, present, recipe, normalized_input=False):
+    return normalize_chunk(m.data, m.indices, m.indptr.astype(np.int64), gene_map, present,
+                           recipe, normalized_input=normalized_input)
+
+
+def test_parity_with_reference_on_example_cells(example_counts, bundle_dir):
+    m, var, _ = example_counts
+    bundle = load_bundle(bundle_dir)
+    match = match_genes(var, bundle.symbols, bundle.ensembl_ids)
+    assert 0.9 < match.coverage < 1.0  # the 20 absent genes are really absent
+    got, status = _run(m, match.gene_map, match.present, bundle.normalization)
+    card_norm = json.loads((bundle_dir / "card.json").read_text())["normalization"]
+    want, zero = reference_normalize(m.toarray(), match.gene_map, match.n_panel, card_norm)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+    assert not zero.any() and (status == 0).all()
+    assert np.all(got[:, ~match.present] == 0)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+
+
+def test_duplicate_features_are_summed_and_zero_cells_flagged(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    recipe = bundle.normalization
+    n_panel = len(bundle.symbols)
+    # features: panel gene 0 twice (e.g. two IDs for one symbol), panel gene 1, an unmapped gene
+    gene_map = np.array([0, 0, 1, -1] + [-1] * 0, dtype=np.int32)
+    present = np.zeros(n_panel, bool)
+    present[[0, 1]] = True
+    dense = np.array([[3, 4, 1, 10], [0, 0, 0, 0], [0, 0, 0, 5]], dtype=np.float32)
+    got, status = _run(sp.csr_matrix(dense), gene_map, present, recipe)
+    card = json.loads((bundle_dir / "card.json").read_text())["normalization"]
+    want, zero = reference_normalize(dense, gene_map, n_panel, card)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert status.tolist() == [0, 1, 0]
+    assert zero.tolist() == [False, True, False]
+    assert np.all(got[1] == 0)
+
+
+def test_normalized_input_skips_scale_and_log(example_counts, bundle_dir):
+    m, var, _ = example_counts
+    bundle = load_bundle(bundle_dir)
+    match = match_genes(var, bundle.symbols, bundle.ensembl_ids)
+    lognorm = m.multiply(1e4 / m.sum(axis=1)).tocsr()
+    lognorm.data = np.log1p(lognorm.data).astype(np.float32)
+    from_counts, _ = _run(m, match.gene_map, match.present, bundle.normalization)
+    from_lognorm, _ = _run(lognorm, match.gene_map, match.present, bundle.normalization, True)
+    np.testing.assert_allclose(from_lognorm, from_counts, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
+def test_bad_values_raise(bundle_dir, bad):
+    from scoring.errors import InputError
+
+    bundle = load_bundle(bundle_dir)
+    n_panel = len(bundle.symbols)
+    present = np.zeros(n_panel, bool)
+    present[0] = True
+    m = sp.csr_matrix(np.array([[1.0, 2.0], [bad, 1.0]], dtype=np.float32))
+    with pytest.raises(InputError, match="negative, NaN or infinite"):
+        _run(m, np.array([0, -1], np.int32), present, bundle.normalization)
