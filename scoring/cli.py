@@ -15,8 +15,15 @@ import click
 
 from scoring import __version__
 from scoring.bundle import list_bundles
-from scoring.engine import DEFAULT_CHUNK_SIZE, resolve_bundle, score_file
+from scoring.engine import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_GENE_CELLS,
+    ExplainSettings,
+    resolve_bundle,
+    score_file,
+)
 from scoring.errors import EXIT_INTERNAL, ScdrError
+from scoring.explain import BASELINES, DEFAULT_RULE, DEFAULT_STEPS, RULES
 from scoring.inference import DEVICES
 from scoring.output import check_output_path, default_output_path, write_json_atomic
 from scoring.progress import progress_bar
@@ -49,12 +56,36 @@ from scoring.progress import progress_bar
               help="Threads for ONNX Runtime and the Numba kernels (default: all cores).")
 @click.option("--summary", type=click.Path(path_type=Path), default=None,
               help="Write a JSON run summary here.")
+@click.option("--explain", is_flag=True,
+              help="Attribute every call to the pathway layer (integrated gradients through "
+                   "head.onnx: 2 x steps x pathways head evaluations per cell). Adds top_pathways "
+                   "and ig_gap columns and writes the attribution files.")
+@click.option("--explain-out", type=str, default=None,
+              help="Attribution matrix (HDF5: cell_id, attributions, pathway, logit, relative_gap); "
+                   "a <name>.by_group.csv of mean attribution per pathway is written beside it. "
+                   "Default: <stem>.scdr.<drug>.attributions.h5 next to the output table.")
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True,
+              help="Integration points on the path from baseline to cell.")
+@click.option("--rule", type=click.Choice(RULES), default=DEFAULT_RULE, show_default=True,
+              help="Quadrature rule for the path integral.")
+@click.option("--baseline", type=click.Choice(BASELINES), default="zero", show_default=True,
+              help="Attribution baseline: zero pathways, or the card's mean bulk or single-cell "
+                   "pathway vector.")
+@click.option("--explain-genes", default=None,
+              help=f"Comma-separated cell ids (at most {MAX_GENE_CELLS}) that also get gene-level "
+                   "attributions through model.onnx. Costly: 2 x steps x (panel genes differing "
+                   "from the baseline, i.e. nearly all) full-model evaluations per cell, about "
+                   "1-3 s per cell for a 2,000-gene panel on 2 cores.")
+@click.option("--groupby", default=None,
+              help="obs column (e.g. cell_line) for mean attributions per group.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or coverage messages.")
 @click.version_option(__version__, prog_name="scdr")
 def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, ...],
                   output: str | None, force: bool, pathways: bool, layer: str | None,
                   gene_column: str | None, normalized: bool, chunk_size: int, device: str,
-                  threads: int | None, summary: Path | None, quiet: bool) -> None:
+                  threads: int | None, summary: Path | None, explain: bool,
+                  explain_out: str | None, steps: int, rule: str, baseline: str,
+                  explain_genes: str | None, groupby: str | None, quiet: bool) -> None:
     """Predict, for every cell of CELLS.h5ad, sensitive or resistant to a drug."""
     def log(msg: str) -> None:
         if not quiet:
@@ -65,19 +96,34 @@ def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, 
             raise ScdrError("name a model: --drug NAME (see scdr-models) or --model DIR")
         bundles = [resolve_bundle(d, None) for d in drugs]
         bundles += [resolve_bundle(None, m) for m in models]
-        outputs = _output_paths(input_path, [b.drug for b in bundles], output)
-        for out in outputs:
+        drug_names = [b.drug for b in bundles]
+        outputs = _output_paths(drug_names, output, lambda d: default_output_path(input_path, d))
+        settings, explain_outputs = None, None
+        if (explain_genes or explain_out or groupby) and not explain:
+            raise ScdrError("--explain-out, --explain-genes and --groupby need --explain")
+        if explain:
+            cells = frozenset(c.strip() for c in (explain_genes or "").split(",") if c.strip())
+            settings = ExplainSettings(steps=steps, rule=rule, baseline=baseline, gene_cells=cells)
+            explain_outputs = _output_paths(
+                drug_names, explain_out,
+                lambda d: outputs[drug_names.index(d)].with_name(
+                    f"{input_path.stem}.scdr.{d}.attributions.h5"))
+        for out in outputs + (explain_outputs or []):
             check_output_path(out, force)
         if summary is not None:
             check_output_path(summary, True)
         result = score_file(
             input_path, bundles, outputs, pathways=pathways, layer=layer,
             gene_column=gene_column, normalized=normalized, chunk_size=chunk_size,
-            device=device, threads=threads, progress=progress_bar(not quiet), log=log,
+            device=device, threads=threads, explain=settings, explain_outputs=explain_outputs,
+            groupby=groupby, progress=progress_bar(not quiet), log=log,
         )
         for m in result["models"]:
             log(f"{m['drug']}: {m['labels']['sensitive']:,} sensitive, "
                 f"{m['labels']['resistant']:,} resistant -> {m['output']}")
+            if "explain" in m:
+                log(f"{m['drug']}: attributions -> {m['explain'].get('attributions')}; worst "
+                    f"completeness gap {m['explain']['worst_relative_gap']:.2e} (relative)")
         return result
 
     _run_guarded(run, summary)
@@ -114,11 +160,12 @@ def models_command(as_json: bool) -> None:
                    f"{', '.join(r['aliases']) or '-'}")
 
 
-def _output_paths(input_path: Path, drug_names: list[str], output: str | None) -> list[Path]:
+def _output_paths(drug_names: list[str], output: str | None,
+                  default: Callable[[str], Path]) -> list[Path]:
     if output is None:
-        return [default_output_path(input_path, d) for d in drug_names]
+        return [default(d) for d in drug_names]
     if len(drug_names) > 1 and "{drug}" not in output:
-        raise ScdrError("several models write several tables: put {drug} in --output")
+        raise ScdrError("several models write several files: put {drug} in the output name")
     paths = [Path(output.replace("{drug}", d)) for d in drug_names]
     if len(set(paths)) != len(paths):
         raise ScdrError("two models would write the same output file; name each drug once")

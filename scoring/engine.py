@@ -17,15 +17,33 @@ import scipy.sparse as sp
 from scoring import __version__
 from scoring.bundle import Bundle, find_bundle, load_bundle
 from scoring.errors import InputError, ScdrError
+from scoring.explain import (
+    DEFAULT_RULE,
+    DEFAULT_STEPS,
+    IntegratedGradients,
+    baseline_vector,
+)
 from scoring.genes import GeneMatch, match_genes
 from scoring.h5ad import Chunk, CountSource, from_arrays, open_counts
-from scoring.inference import Predictor, make_predictor
+from scoring.inference import Predictor, make_predictor, make_session
 from scoring.normalize import STATUS_ZERO_COUNTS, normalize_chunk
-from scoring.output import TableWriter
+from scoring.output import ExplainWriter, TableWriter
 
 DEFAULT_CHUNK_SIZE = 8192
 MIN_COVERAGE = 0.5
+MAX_GENE_CELLS = 100
+TOP_PATHWAYS = 3
 SENSITIVE, RESISTANT = "sensitive", "resistant"
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """How to attribute calls: integration steps and rule, baseline, cells for gene level."""
+
+    steps: int = DEFAULT_STEPS
+    rule: str = DEFAULT_RULE
+    baseline: str = "zero"
+    gene_cells: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -41,6 +59,8 @@ class ScoreTable:
     pathways: np.ndarray
     pathway_names: list[str]
     coverage: float
+    attributions: np.ndarray | None = None
+    ig_gap: np.ndarray | None = None
 
     def to_pandas(self) -> Any:
         """The table as a pandas DataFrame indexed by cell id (needs pandas)."""
@@ -61,6 +81,9 @@ class ModelRun:
 
     predictor: Predictor
     match: GeneMatch
+    explainer: IntegratedGradients | None = None
+    gene_explainer: IntegratedGradients | None = None
+    gene_cells: frozenset[str] = frozenset()
     n_cells: int = 0
     n_sensitive: int = 0
     n_zero: int = 0
@@ -82,6 +105,11 @@ class ChunkResult:
     label: np.ndarray
     zero_counts: np.ndarray
     pathways: np.ndarray
+    attributions: np.ndarray | None = None
+    ig_gap: np.ndarray | None = None
+    top_pathways: list[str] | None = None
+    gene_attributions: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 def score(
@@ -97,14 +125,16 @@ def score(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     device: str = "auto",
     threads: int | None = None,
+    explain: ExplainSettings | None = None,
 ) -> ScoreTable:
     """Score every cell of an h5ad path, or of a cells x genes matrix with ``gene_names``.
 
     ``drug`` names a shipped model (name or alias, any case); ``model`` is any bundle folder.
+    With ``explain``, pathway attributions of every call are added (``attributions``, ``ig_gap``).
     """
     bundle = resolve_bundle(drug, model)
     with open_source(data, gene_names, cell_ids, layer, gene_column, normalized) as source:
-        run = prepare_run(bundle, source, device, threads, normalized)
+        run = prepare_run(bundle, source, device, threads, normalized, explain)
         parts: list[ChunkResult] = []
         stream(source, [run], chunk_size, normalized, lambda _run, res: parts.append(res))
     n_paths = len(bundle.pathway_names)
@@ -122,6 +152,8 @@ def score(
         pathways=cat("pathways", np.zeros((0, n_paths), np.float32)),
         pathway_names=bundle.pathway_names,
         coverage=run.match.coverage,
+        attributions=cat("attributions", np.zeros((0, n_paths), np.float32)) if explain else None,
+        ig_gap=cat("ig_gap", np.zeros(0, np.float32)) if explain else None,
     )
 
 
@@ -137,32 +169,47 @@ def score_file(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     device: str = "auto",
     threads: int | None = None,
+    explain: ExplainSettings | None = None,
+    explain_outputs: list[Path] | None = None,
+    groupby: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
-    """Score ``path`` with every bundle in one pass, writing one table per bundle atomically."""
+    """Score ``path`` with every bundle in one pass, writing one table per bundle atomically.
+
+    With ``explain``, each bundle also gets an attribution file (``explain_outputs``) and a CSV of
+    mean attributions by predicted label and by the ``groupby`` obs column.
+    """
     t0 = time.perf_counter()
     with open_source(path, None, None, layer, gene_column, normalized) as source:
-        runs = [prepare_run(b, source, device, threads, normalized) for b in bundles]
+        runs = [prepare_run(b, source, device, threads, normalized, explain) for b in bundles]
         for run in runs:
             m = run.match
             log(f"{run.bundle.drug}: {m.n_matched}/{m.n_panel} panel genes found "
                 f"({m.coverage:.1%}) in {source.location}")
-        writers = {id(r): TableWriter(out, r.bundle.pathway_names if pathways else None)
-                   for r, out in zip(runs, outputs)}
+        writers: dict[int, list[TableWriter | ExplainWriter]] = {}
+        for i, (run, out) in enumerate(zip(runs, outputs)):
+            names = run.bundle.pathway_names
+            writers[id(run)] = [TableWriter(out, names if pathways else None, explain is not None)]
+            if explain is not None and explain_outputs is not None:
+                writers[id(run)].append(ExplainWriter(
+                    explain_outputs[i], source.n_obs, names, run.bundle.symbols,
+                    _explain_attrs(run, explain), groupby))
+        all_writers = [w for ws in writers.values() for w in ws]
         try:
-            for w in writers.values():
+            for w in all_writers:
                 w.open()
 
             def sink(run: ModelRun, res: ChunkResult) -> None:
-                writers[id(run)].write(res.cell_ids, res.probability, res.label,
-                                       res.zero_counts, res.pathways)
+                for w in writers[id(run)]:
+                    w.write(res)
 
-            stream(source, runs, chunk_size, normalized, sink, progress)
-            for w in writers.values():
+            stream(source, runs, chunk_size, normalized, sink, progress,
+                   obs_columns=(groupby,) if groupby else ())
+            for w in all_writers:
                 w.commit()
         except BaseException:
-            for w in writers.values():
+            for w in all_writers:
                 w.abort()
             raise
         n_obs, location = source.n_obs, source.location
@@ -190,6 +237,7 @@ def score_file(
                 "threshold": r.bundle.threshold,
                 "labels": {SENSITIVE: r.n_sensitive, RESISTANT: r.n_cells - r.n_sensitive},
                 "zero_count_cells": r.n_zero,
+                **({"explain": _explain_summary(r, writers[id(r)])} if explain else {}),
             }
             for r, out in zip(runs, outputs)
         ],
@@ -221,9 +269,10 @@ def open_source(
 
 
 def prepare_run(
-    bundle: Bundle, source: CountSource, device: str, threads: int | None, normalized: bool
+    bundle: Bundle, source: CountSource, device: str, threads: int | None, normalized: bool,
+    explain: ExplainSettings | None = None,
 ) -> ModelRun:
-    """Match genes (refusing low coverage), check the input kind, and create the session."""
+    """Match genes (refusing low coverage), check the input kind, and create the sessions."""
     if source.n_obs == 0:
         raise InputError(f"{source.location} has no cells")
     if source.n_vars == 0:
@@ -239,7 +288,22 @@ def prepare_run(
         )
     if threads:
         numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
-    return ModelRun(make_predictor(bundle, device, threads), match)
+    predictor = make_predictor(bundle, device, threads)
+    run = ModelRun(predictor, match)
+    if explain is not None:
+        if len(explain.gene_cells) > MAX_GENE_CELLS:
+            raise ScdrError(f"gene-level attributions are capped at {MAX_GENE_CELLS} cells "
+                            f"({len(explain.gene_cells)} asked): they cost a full model pass per "
+                            "gene and step")
+        head = make_session(bundle.head_bytes, device, threads, what=f"{bundle.path}/head.onnx")
+        base = baseline_vector(bundle.card, explain.baseline, len(bundle.pathway_names))
+        run.explainer = IntegratedGradients(head, base, explain.steps, explain.rule)
+        if explain.gene_cells:
+            run.gene_explainer = IntegratedGradients(
+                predictor.session, np.zeros(len(bundle.symbols), np.float32),
+                explain.steps, explain.rule)
+            run.gene_cells = explain.gene_cells
+    return run
 
 
 def stream(
@@ -249,11 +313,12 @@ def stream(
     normalized: bool,
     sink: Callable[[ModelRun, ChunkResult], None],
     progress: Callable[[int, int], None] | None = None,
+    obs_columns: Sequence[str] = (),
 ) -> None:
     """Read each chunk once and hand every model's predictions for it to ``sink``."""
     if chunk_size < 1:
         raise ScdrError(f"chunk size must be at least 1, got {chunk_size}")
-    for chunk in source.chunks(chunk_size):
+    for chunk in source.chunks(chunk_size, obs_columns=obs_columns):
         for run in runs:
             sink(run, _predict_chunk(run, chunk, normalized))
         if progress is not None:
@@ -277,11 +342,50 @@ def _predict_chunk(run: ModelRun, chunk: Chunk, normalized: bool) -> ChunkResult
     run.n_cells += len(prob)
     run.n_sensitive += int(sensitive.sum())
     run.n_zero += int(zero.sum())
-    return ChunkResult(
+    result = ChunkResult(
         cell_ids=chunk.obs_names,
         probability=prob,
         logit=out["logit"],
         label=np.where(sensitive, SENSITIVE, RESISTANT),
         zero_counts=zero,
         pathways=out["pathways"],
+        groups=chunk.obs_columns,
     )
+    if run.explainer is not None:
+        attr = run.explainer.attribute(out["pathways"])
+        result.attributions, result.ig_gap = attr.values, attr.gap
+        result.top_pathways = _top_pathways(attr.values, sensitive, bundle.pathway_names)
+    if run.gene_explainer is not None:
+        rows = [i for i, c in enumerate(chunk.obs_names) if c in run.gene_cells]
+        if rows:
+            genes = run.gene_explainer.attribute_features(x[rows])
+            result.gene_attributions = [(chunk.obs_names[i], genes.values[k])
+                                        for k, i in enumerate(rows)]
+    return result
+
+
+def _top_pathways(attr: np.ndarray, sensitive: np.ndarray, names: list[str]) -> list[str]:
+    """Per cell, the pathways pushing hardest towards its call, strongest first."""
+    signed = np.where(sensitive[:, None], attr, -attr)
+    k = min(TOP_PATHWAYS, attr.shape[1])
+    order = np.argsort(-signed, axis=1, kind="stable")[:, :k]
+    return [";".join(names[j] for j in row if signed[i, j] > 0) for i, row in enumerate(order)]
+
+
+def _explain_attrs(run: ModelRun, explain: ExplainSettings) -> dict[str, Any]:
+    ig = run.explainer
+    assert ig is not None
+    return {"steps": explain.steps, "rule": explain.rule, "baseline": explain.baseline,
+            "fd_step": ig.h, "baseline_logit": ig.baseline_logit, "drug": run.bundle.drug}
+
+
+def _explain_summary(run: ModelRun, writers: list[Any]) -> dict[str, Any]:
+    table = writers[0]
+    out: dict[str, Any] = {"worst_relative_gap": table.worst_gap,
+                           "mean_relative_gap": table.gap_sum / max(table.n_rows, 1)}
+    if len(writers) > 1:
+        out["attributions"] = str(writers[1].path)
+        out["by_group"] = str(writers[1].group_csv)
+    assert run.explainer is not None
+    out["baseline_logit"] = run.explainer.baseline_logit
+    return out

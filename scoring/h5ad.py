@@ -6,7 +6,7 @@ Follows the AnnData on-disk spec: the reader dispatches on the ``encoding-type``
 Memory is bounded by the chunk size: index arrays, data and cell names are read per chunk.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ class Chunk:
     indices: np.ndarray
     indptr: np.ndarray
     obs_names: list[str]
+    obs_columns: dict[str, list[str]]
 
 
 class CountSource:
@@ -42,13 +43,21 @@ class CountSource:
     n_vars: int
     var_names: list[str]
 
-    def chunks(self, chunk_size: int, start: int = 0, stop: int | None = None) -> Iterator[Chunk]:
-        """Yield the rows ``start:stop`` in chunks of at most ``chunk_size`` rows."""
+    def chunks(self, chunk_size: int, start: int = 0, stop: int | None = None,
+               obs_columns: Sequence[str] = ()) -> Iterator[Chunk]:
+        """Yield the rows ``start:stop`` in chunks of at most ``chunk_size`` rows, with the
+        values of the named obs columns (as strings) for those rows."""
         stop = self.n_obs if stop is None else min(stop, self.n_obs)
+        columns = {name: self._obs_column(name) for name in obs_columns}
         for lo in range(start, stop, chunk_size):
             hi = min(lo + chunk_size, stop)
             data, indices, indptr = self._read_rows(lo, hi)
-            yield Chunk(lo, hi, _as_float(data), _as_index(indices), indptr, self._obs_names(lo, hi))
+            yield Chunk(lo, hi, _as_float(data), _as_index(indices), indptr,
+                        self._obs_names(lo, hi), {k: c(lo, hi) for k, c in columns.items()})
+
+    def sample_values(self) -> np.ndarray:
+        """The first stored values, for the integer-counts test."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Release the underlying file, if any."""
@@ -64,6 +73,9 @@ class CountSource:
 
     def _obs_names(self, start: int, stop: int) -> list[str]:
         raise NotImplementedError
+
+    def _obs_column(self, name: str) -> Callable[[int, int], list[str]]:
+        raise InputError(f"this input has no obs table, so no column '{name}'")
 
 
 def open_counts(
@@ -103,9 +115,11 @@ def from_arrays(
     gene_names: list[str],
     cell_ids: list[str] | None = None,
     normalized: bool = False,
+    groups: dict[str, Sequence[object]] | None = None,
 ) -> CountSource:
-    """Wrap an in-memory cells x genes matrix (numpy or scipy sparse) as a count source."""
-    source = _ArraySource(matrix, list(gene_names), cell_ids)
+    """Wrap an in-memory cells x genes matrix (numpy or scipy sparse) as a count source;
+    ``groups`` gives per-cell values of named columns (as obs columns do for a file)."""
+    source = _ArraySource(matrix, list(gene_names), cell_ids, groups)
     if not normalized:
         _require_counts(source.sample_values(), "the matrix")
     return source
@@ -345,15 +359,17 @@ class _H5Source(CountSource):
     def _obs_names(self, start: int, stop: int) -> list[str]:
         return self._obs_index.slice(start, stop)
 
-    def sample_values(self) -> np.ndarray:
-        """The first stored values, for the integer-counts test."""
-        raise NotImplementedError
+    def _obs_column(self, name: str) -> Callable[[int, int], list[str]]:
+        column = _Index(self.file, "obs", name, what="obs")
+        if len(column) != self.n_obs:
+            raise InputError(f"obs column '{name}' has {len(column)} values for {self.n_obs} cells")
+        return column.slice
 
-
-class _CsrSource(_H5Source):
     def sample_values(self) -> np.ndarray:
         return self.node["data"][: min(_SAMPLE_VALUES, self.node["data"].shape[0])]
 
+
+class _CsrSource(_H5Source):
     def _read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         indptr = self.node["indptr"][start : stop + 1].astype(np.int64)
         lo, hi = int(indptr[0]), int(indptr[-1])
@@ -369,9 +385,6 @@ class _CsrSource(_H5Source):
 
 class _CscSource(_H5Source):
     """CSC is column-major: every chunk of rows scans all stored entries once (see README)."""
-
-    def sample_values(self) -> np.ndarray:
-        return self.node["data"][: min(_SAMPLE_VALUES, self.node["data"].shape[0])]
 
     def _read_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         colptr = self.node["indptr"][()].astype(np.int64)
@@ -413,7 +426,7 @@ class _DenseSource(_H5Source):
 class _ArraySource(CountSource):
     def __init__(
         self, matrix: np.ndarray | sp.spmatrix | sp.sparray, var_names: list[str],
-        cell_ids: list[str] | None,
+        cell_ids: list[str] | None, groups: dict[str, Sequence[object]] | None = None,
     ) -> None:
         if sp.issparse(matrix):
             self.matrix = sp.csr_matrix(matrix)
@@ -430,6 +443,7 @@ class _ArraySource(CountSource):
             raise InputError(f"{len(cell_ids)} cell ids for {self.n_obs} matrix rows")
         self.var_names = var_names
         self.cell_ids = None if cell_ids is None else [str(c) for c in cell_ids]
+        self.groups = {k: [str(v) for v in vals] for k, vals in (groups or {}).items()}
         self.location = "array"
 
     def sample_values(self) -> np.ndarray:
@@ -448,6 +462,14 @@ class _ArraySource(CountSource):
         if self.cell_ids is None:
             return [str(i) for i in range(start, stop)]
         return self.cell_ids[start:stop]
+
+    def _obs_column(self, name: str) -> Callable[[int, int], list[str]]:
+        if name not in self.groups:
+            raise InputError(f"no values given for group column '{name}'")
+        values = self.groups[name]
+        if len(values) != self.n_obs:
+            raise InputError(f"group column '{name}' has {len(values)} values for {self.n_obs} cells")
+        return lambda lo, hi: values[lo:hi]
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -32,9 +32,13 @@ def check_output_path(path: Path, force: bool) -> None:
 class TableWriter:
     """Rows of one drug's predictions, streamed into a temp file that ``commit`` renames."""
 
-    def __init__(self, path: Path, pathway_names: list[str] | None) -> None:
+    def __init__(self, path: Path, pathway_names: list[str] | None, explain: bool = False) -> None:
         self.path = path
         self.pathway_names = pathway_names
+        self.explain = explain
+        self.worst_gap = 0.0
+        self.gap_sum = 0.0
+        self.n_rows = 0
         self._tmp: IO[str] | None = None
         self._tmp_path: Path | None = None
         self._writer: Any = None
@@ -51,23 +55,27 @@ class TableWriter:
         delimiter = "\t" if self.path.suffix.lower() in (".tsv", ".txt") else ","
         self._writer = csv.writer(self._tmp, delimiter=delimiter, lineterminator="\n")
         header = ["cell_id", "probability", "label", "zero_counts"]
+        if self.explain:
+            header += ["top_pathways", "ig_gap"]
         if self.pathway_names is not None:
             header += [f"pathway:{n}" for n in self.pathway_names]
         self._writer.writerow(header)
 
-    def write(self, cell_ids: list[str], probability: np.ndarray, label: np.ndarray,
-              zero_counts: np.ndarray, pathways: np.ndarray) -> None:
-        """Append one chunk of rows."""
-        probs = [FLOAT_FORMAT % p for p in probability.tolist()]
-        zeros = ["true" if z else "false" for z in zero_counts.tolist()]
-        if self.pathway_names is None:
-            self._writer.writerows(zip(cell_ids, probs, label.tolist(), zeros))
-            return
-        path_strs = np.char.mod(FLOAT_FORMAT, pathways).tolist()
-        self._writer.writerows(
-            [c, p, lab, z, *row]
-            for c, p, lab, z, row in zip(cell_ids, probs, label.tolist(), zeros, path_strs)
-        )
+    def write(self, res: Any) -> None:
+        """Append the rows of one chunk's ``ChunkResult``."""
+        columns = [res.cell_ids, [FLOAT_FORMAT % p for p in res.probability.tolist()],
+                   res.label.tolist(), ["true" if z else "false" for z in res.zero_counts.tolist()]]
+        if self.explain:
+            gaps = res.ig_gap.astype(np.float64)
+            self.worst_gap = max(self.worst_gap, float(gaps.max(initial=0.0)))
+            self.gap_sum += float(gaps.sum())
+            columns += [res.top_pathways, [FLOAT_FORMAT % g for g in gaps.tolist()]]
+        self.n_rows += len(res.cell_ids)
+        rows = zip(*columns)
+        if self.pathway_names is not None:
+            path_strs = np.char.mod(FLOAT_FORMAT, res.pathways).tolist()
+            rows = ([*row, *p] for row, p in zip(rows, path_strs))
+        self._writer.writerows(rows)
 
     def commit(self) -> None:
         """Flush, fsync and rename the temp file onto the target."""
@@ -75,7 +83,7 @@ class TableWriter:
         self._tmp.flush()
         os.fsync(self._tmp.fileno())
         self._tmp.close()
-        os.replace(self._tmp_path, self.path)
+        publish(self._tmp_path, self.path)
         self._tmp = None
 
     def abort(self) -> None:
@@ -87,6 +95,15 @@ class TableWriter:
             self._tmp_path.unlink(missing_ok=True)
 
 
+def publish(tmp: Path, target: Path) -> None:
+    """Give a finished temp file the usual permissions (mkstemp makes it private) and rename it
+    onto ``target`` in one step."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
+
+
 def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     """Write ``obj`` as indented JSON through a temp file and a rename."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -94,7 +111,121 @@ def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2, sort_keys=True)
             fh.write("\n")
-        os.replace(name, path)
+        publish(Path(name), path)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
+
+
+class ExplainWriter:
+    """Attributions of one drug: an HDF5 file (cells x pathways, plus gene-level rows for the
+    selected cells) and a CSV of mean attribution per pathway by predicted label and group."""
+
+    def __init__(self, path: Path, n_cells: int, pathway_names: list[str], gene_symbols: list[str],
+                 attrs: dict[str, Any], groupby: str | None) -> None:
+        self.path = path
+        self.group_csv = path.with_name(f"{path.stem}.by_group.csv")
+        self.n_cells = n_cells
+        self.pathway_names = pathway_names
+        self.gene_symbols = gene_symbols
+        self.attrs = attrs
+        self.groupby = groupby
+        self._sums: dict[tuple[str, str], np.ndarray] = {}
+        self._counts: dict[tuple[str, str], int] = {}
+        self._file: Any = None
+        self._tmp_path: Path | None = None
+        self._row = 0
+        self._genes: list[tuple[str, np.ndarray]] = []
+
+    def open(self) -> None:
+        """Create the temporary HDF5 file with datasets sized for every cell."""
+        import h5py
+
+        check_output_path(self.group_csv, True)
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                        dir=self.path.parent)
+        except OSError as e:
+            raise OutputError(f"cannot write in {self.path.parent} ({e.strerror})") from None
+        os.close(fd)
+        self._tmp_path = Path(name)
+        f = h5py.File(name, "w")
+        self._file = f
+        n, p = self.n_cells, len(self.pathway_names)
+        chunk_rows = max(1, min(n, 4096))
+        f.create_dataset("cell_id", shape=(n,), dtype=h5py.string_dtype())
+        f.create_dataset("attributions", shape=(n, p), dtype="float32", chunks=(chunk_rows, p))
+        f.create_dataset("logit", shape=(n,), dtype="float32")
+        f.create_dataset("relative_gap", shape=(n,), dtype="float32")
+        f.create_dataset("pathway", data=np.array(self.pathway_names, dtype=object),
+                         dtype=h5py.string_dtype())
+        f.attrs.update({k: v for k, v in self.attrs.items() if v is not None})
+        f.attrs["description"] = (
+            "Integrated-gradients attributions of the sensitivity logit to the pathway layer; "
+            "rows sum to logit - baseline_logit up to relative_gap")
+
+    def write(self, res: Any) -> None:
+        """Store one chunk's attributions and add them to the group means."""
+        lo, hi = self._row, self._row + len(res.cell_ids)
+        f = self._file
+        f["cell_id"][lo:hi] = np.array(res.cell_ids, dtype=object)
+        f["attributions"][lo:hi] = res.attributions
+        f["logit"][lo:hi] = res.logit
+        f["relative_gap"][lo:hi] = res.ig_gap
+        self._row = hi
+        self._add_groups("predicted_label", res.label.tolist(), res.attributions)
+        if self.groupby is not None:
+            self._add_groups(self.groupby, res.groups[self.groupby], res.attributions)
+        self._genes.extend(res.gene_attributions)
+
+    def commit(self) -> None:
+        """Write the gene-level rows, close, rename, then write the group CSV atomically."""
+        import h5py
+
+        f = self._file
+        if self._genes:
+            g = f.create_group("genes")
+            g.create_dataset("cell_id", data=np.array([c for c, _ in self._genes], dtype=object),
+                             dtype=h5py.string_dtype())
+            g.create_dataset("gene", data=np.array(self.gene_symbols, dtype=object),
+                             dtype=h5py.string_dtype())
+            g.create_dataset("attributions", data=np.stack([v for _, v in self._genes]))
+        f.close()
+        self._file = None
+        publish(self._tmp_path, self.path)
+        self._tmp_path = None
+        self._write_group_csv()
+
+    def abort(self) -> None:
+        """Close and remove the temporary file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tmp_path is not None:
+            self._tmp_path.unlink(missing_ok=True)
+            self._tmp_path = None
+
+    def _add_groups(self, grouping: str, values: list[str], attributions: np.ndarray) -> None:
+        values_arr = np.asarray(values, dtype=object)
+        for value in dict.fromkeys(values):
+            rows = values_arr == value
+            key = (grouping, value)
+            total = attributions[rows].sum(axis=0, dtype=np.float64)
+            self._sums[key] = self._sums.get(key, 0) + total
+            self._counts[key] = self._counts.get(key, 0) + int(rows.sum())
+
+    def _write_group_csv(self) -> None:
+        fd, name = tempfile.mkstemp(prefix=f".{self.group_csv.name}.", suffix=".tmp",
+                                    dir=self.group_csv.parent)
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+                w = csv.writer(fh, lineterminator="\n")
+                w.writerow(["grouping", "group", "n_cells", "pathway", "mean_attribution"])
+                for key in sorted(self._sums):
+                    mean = self._sums[key] / self._counts[key]
+                    for pname, v in zip(self.pathway_names, mean.tolist()):
+                        w.writerow([key[0], key[1], self._counts[key], pname, FLOAT_FORMAT % v])
+            publish(Path(name), self.group_csv)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise

@@ -26,17 +26,27 @@ def write_bundle(
     drug: str = "testdrug",
     aliases: tuple[str, ...] = ("TD-1",),
     threshold: float = 0.5,
+    head_hidden: int = 0,
+    head_activation: str = "Relu",
 ) -> Path:
-    """Write model.onnx (relu pathway layer + linear head), head.onnx and card.json."""
+    """Write model.onnx (linear pathway layer + head), head.onnx and card.json.
+
+    The head is linear, or with ``head_hidden`` an MLP with ``head_activation`` (ONNX op name:
+    Relu, or Tanh for a smooth integrand), so attributions are not trivial.
+    """
     rng = np.random.default_rng(seed)
     n = len(symbols)
     w1 = (rng.standard_normal((n, n_pathways)) / np.sqrt(n)).astype(np.float32)
     b1 = (0.1 * rng.standard_normal(n_pathways)).astype(np.float32)
-    w2 = rng.standard_normal((n_pathways, 1)).astype(np.float32)
-    b2 = np.array([0.05], dtype=np.float32)
+    hidden = head_hidden or 1
+    w2 = rng.standard_normal((n_pathways, hidden)).astype(np.float32)
+    b2 = (0.3 * rng.standard_normal(hidden)).astype(np.float32) if head_hidden else \
+        np.array([0.05], dtype=np.float32)
+    w3 = (rng.standard_normal((hidden, 1)) / np.sqrt(hidden)).astype(np.float32) if head_hidden \
+        else None
     folder.mkdir(parents=True, exist_ok=True)
-    model = _model_graph(w1, b1, w2, b2)
-    head = _head_graph(w2, b2)
+    model = _model_graph(w1, b1, _head_nodes(w2, b2, w3, head_activation))
+    head = _head_graph(n_pathways, _head_nodes(w2, b2, w3, head_activation))
     files = {}
     for name, graph in (("model.onnx", model), ("head.onnx", head)):
         blob = graph.SerializeToString()
@@ -70,11 +80,24 @@ def write_bundle(
 
 def forward(x: np.ndarray, folder: Path) -> np.ndarray:
     """Probability from the bundle's weights in numpy (to check the ONNX path end to end)."""
-    model = onnx.load(folder / "model.onnx")
-    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    pathways = np.maximum(x.astype(np.float64) @ w["W1"] + w["b1"], 0)
-    logit = (pathways @ w["W2"] + w["b2"]).ravel()
+    w = weights(folder)
+    pathways = x.astype(np.float64) @ w["W1"] + w["b1"]
+    logit = head_logit(pathways, w)
     return 1 / (1 + np.exp(-logit))
+
+
+def weights(folder: Path) -> dict[str, np.ndarray]:
+    """The initialisers of a test bundle's model.onnx, by name."""
+    model = onnx.load(folder / "model.onnx")
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def head_logit(pathways: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    """The head in numpy: linear, or ReLU MLP when the bundle has W3."""
+    h = pathways @ w["W2"] + w["b2"]
+    if "W3" in w:
+        h = np.maximum(h, 0) @ w["W3"]
+    return h.ravel()
 
 
 def reference_normalize(
@@ -112,20 +135,32 @@ def reference_normalize(
     return out, zero
 
 
-def _model_graph(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) -> onnx.ModelProto:
+def _head_nodes(w2: np.ndarray, b2: np.ndarray, w3: np.ndarray | None,
+                activation: str) -> tuple[list, list]:
+    """pathways -> logit: MatMul+Add (+ Relu + MatMul), as nodes and initialisers."""
+    nodes = [helper.make_node("MatMul", ["pathways", "W2"], ["l2"]),
+             helper.make_node("Add", ["l2", "b2"], ["l3"])]
+    inits = [numpy_helper.from_array(w2, "W2"), numpy_helper.from_array(b2, "b2"),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "axes1")]
+    last = "l3"
+    if w3 is not None:
+        nodes += [helper.make_node(activation, ["l3"], ["l4"]),
+                  helper.make_node("MatMul", ["l4", "W3"], ["l5"])]
+        inits.append(numpy_helper.from_array(w3, "W3"))
+        last = "l5"
+    nodes.append(helper.make_node("Squeeze", [last, "axes1"], ["logit"]))
+    return nodes, inits
+
+
+def _model_graph(w1: np.ndarray, b1: np.ndarray, head: tuple[list, list]) -> onnx.ModelProto:
     n, p = w1.shape
     nodes = [
         helper.make_node("MatMul", ["expression", "W1"], ["h"]),
-        helper.make_node("Add", ["h", "b1"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["pathways"]),
-        helper.make_node("MatMul", ["pathways", "W2"], ["l2"]),
-        helper.make_node("Add", ["l2", "b2"], ["l3"]),
-        helper.make_node("Squeeze", ["l3", "axes1"], ["logit"]),
+        helper.make_node("Add", ["h", "b1"], ["pathways"]),
+        *head[0],
         helper.make_node("Sigmoid", ["logit"], ["probability"]),
     ]
-    inits = [numpy_helper.from_array(a, name) for a, name in
-             ((w1, "W1"), (b1, "b1"), (w2, "W2"), (b2, "b2"),
-              (np.array([1], dtype=np.int64), "axes1"))]
+    inits = [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(b1, "b1"), *head[1]]
     graph = helper.make_graph(
         nodes, "testmodel",
         [helper.make_tensor_value_info("expression", TensorProto.FLOAT, ["n_cells", n])],
@@ -137,15 +172,8 @@ def _model_graph(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def _head_graph(w2: np.ndarray, b2: np.ndarray) -> onnx.ModelProto:
-    p = w2.shape[0]
-    nodes = [
-        helper.make_node("MatMul", ["pathways", "W2"], ["l2"]),
-        helper.make_node("Add", ["l2", "b2"], ["l3"]),
-        helper.make_node("Squeeze", ["l3", "axes1"], ["logit"]),
-    ]
-    inits = [numpy_helper.from_array(w2, "W2"), numpy_helper.from_array(b2, "b2"),
-             numpy_helper.from_array(np.array([1], dtype=np.int64), "axes1")]
+def _head_graph(p: int, head: tuple[list, list]) -> onnx.ModelProto:
+    nodes, inits = head
     graph = helper.make_graph(
         nodes, "testhead",
         [helper.make_tensor_value_info("pathways", TensorProto.FLOAT, ["n", p])],
