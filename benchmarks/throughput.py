@@ -1,0 +1,329 @@
+"""Throughput and memory of scdr-score beside the IO floor and the pipelines users would
+otherwise run, on the same file and network, each in its own process (peak RSS from the OS).
+
+    python benchmarks/throughput.py --cells 10000,200000,1000000 --density 10x [--peers]
+    python benchmarks/throughput.py --quick          # small file, checks the table is produced
+
+Measured per file: the IO floor (h5py reading data+indices by indptr ranges), each stage of the
+scorer alone (read, normalise, forward), ``scdr-score`` end to end, ``scdr-score --explain``,
+and with ``--peers`` the peer pipeline (anndata.read_h5ad + scanpy normalize_total/log1p + panel
+subset + densify + torch forward of the same network) and celltypist's annotate with a model over
+the same panel. Prints a table, writes JSON and CSV under ``benchmarks/results/``.
+"""
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CHUNK = 16384
+
+
+@click.command()
+@click.option("--cells", default="10000,200000", show_default=True,
+              help="Comma-separated file sizes (cells).")
+@click.option("--density", type=click.Choice(["10x", "celseq"]), default="10x", show_default=True)
+@click.option("--gzip", "compress", is_flag=True, help="Use gzip-compressed files.")
+@click.option("--drug", default="cisplatin", show_default=True, help="Shipped model to run.")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Or any bundle.")
+@click.option("--peers", is_flag=True, help="Also run the anndata/scanpy/torch and celltypist peers.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=RESULTS / "data",
+              show_default=True, help="Where generated files are cached.")
+@click.option("--quick", is_flag=True, help="A 2,000-cell file, scorer stages only (for CI).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="JSON results path (default benchmarks/results/throughput_<density>.json).")
+@click.option("--stage", default=None, hidden=True)
+@click.option("--file", "file_", default=None, hidden=True)
+def main(cells: str, density: str, compress: bool, drug: str, model: Path | None, peers: bool,
+         data_dir: Path, quick: bool, out: Path | None, stage: str | None,
+         file_: str | None) -> None:
+    """Run the benchmark and print the table."""
+    bundle = model or _bundle_for(drug)
+    if stage is not None:  # child process: one measurement
+        click.echo(json.dumps(STAGES[stage](Path(file_), bundle)))
+        return
+    sizes = [2000] if quick else [int(c) for c in cells.split(",")]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in sizes:
+        path = _ensure_file(data_dir, n, density, compress)
+        names = ["io", "read", "normalize", "forward", "scdr", "explain"]
+        if peers and not quick:
+            names += ["peer", "celltypist"]
+        for name in names:
+            rows.append({"cells": n, "density": density, "gzip": compress, "stage": name,
+                         **_measure(name, path, bundle)})
+            _print_row(rows[-1], rows)
+    out = out or RESULTS / f"throughput_{density}{'_gzip' if compress else ''}.json"
+    _write(rows, out, bundle)
+
+
+def _bundle_for(drug: str) -> Path:
+    from scoring.bundle import find_bundle
+
+    return find_bundle(drug)
+
+
+def _ensure_file(data_dir: Path, n: int, density: str, compress: bool) -> Path:
+    path = data_dir / f"atlas_{n}_{density}{'_gzip' if compress else ''}.h5ad"
+    if not path.exists():
+        click.echo(f"generating {path.name} ...", err=True)
+        subprocess.run([sys.executable, str(HERE / "make_atlas.py"), str(path), "--cells", str(n),
+                        "--density", density, *(["--gzip"] if compress else [])], check=True)
+    return path
+
+
+def _measure(name: str, path: Path, bundle: Path) -> dict:
+    """Run one stage in a fresh process; wall time and peak RSS as the OS saw them."""
+    cmd = [sys.executable, str(Path(__file__)), "--stage", name, "--file", str(path),
+           "--model", str(bundle)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    stdout, stderr = proc.stdout.read(), proc.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        return {"error": (stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    result = json.loads(stdout.strip().splitlines()[-1])
+    seconds = result.get("seconds", wall)
+    return {"seconds": round(seconds, 3), "process_wall_s": round(wall, 3),
+            "cells_per_s": round(result["cells"] / seconds, 1), "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def _print_row(row: dict, rows: list[dict]) -> None:
+    if "error" in row:
+        click.echo(f"{row['cells']:>9,} {row['stage']:<11} failed: {row['error']}")
+        return
+    floor = next((r for r in rows if r["cells"] == row["cells"] and r["stage"] == "io"
+                  and "cells_per_s" in r), None)
+    ratio = row["cells_per_s"] / floor["cells_per_s"] if floor else float("nan")
+    click.echo(f"{row['cells']:>9,} {row['stage']:<11} {row['cells_per_s']:>11,.0f} cells/s "
+               f"{ratio:>6.2f}x IO floor  peak RSS {row['peak_rss_mb']:>8,.0f} MB")
+
+
+def _write(rows: list[dict], out: Path, bundle: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.platform(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "bundle": str(bundle),
+            "date": time.strftime("%Y-%m-%d")}
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    with out.with_suffix(".csv").open("w", newline="") as fh:
+        keys = ["cells", "density", "gzip", "stage", "cells_per_s", "seconds", "peak_rss_mb",
+                "process_wall_s", "error"]
+        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    click.echo(f"wrote {out} and {out.with_suffix('.csv')}", err=True)
+
+
+# --- stages, each run in a child process --------------------------------------------------
+
+
+def stage_io(path: Path, bundle: Path) -> dict:
+    """The IO floor: h5py reads data and indices by indptr ranges into reused buffers."""
+    import h5py
+    import numpy as np
+
+    t0 = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        x = f["X"]
+        indptr = x["indptr"][()]
+        n = len(indptr) - 1
+        biggest = int(np.max(indptr[CHUNK::CHUNK] - indptr[:-CHUNK:CHUNK], initial=indptr[-1]))
+        data = np.empty(max(biggest, int(indptr[min(CHUNK, n)])), x["data"].dtype)
+        idx = np.empty(data.shape[0], x["indices"].dtype)
+        for lo in range(0, n, CHUNK):
+            a, b = int(indptr[lo]), int(indptr[min(lo + CHUNK, n)])
+            if b > a:
+                x["data"].read_direct(data, np.s_[a:b], np.s_[0 : b - a])
+                x["indices"].read_direct(idx, np.s_[a:b], np.s_[0 : b - a])
+    return {"cells": n, "seconds": time.perf_counter() - t0}
+
+
+def _scorer_stages(path: Path, bundle: Path) -> dict:
+    """Time read, normalise and forward of the scorer separately over the whole file."""
+    from scoring.bundle import load_bundle
+    from scoring.genes import match_genes
+    from scoring.h5ad import open_counts
+    from scoring.inference import make_predictor
+    from scoring.normalize import normalize_chunk
+
+    b = load_bundle(bundle)
+    times = {"read": 0.0, "normalize": 0.0, "forward": 0.0}
+    with open_counts(path) as src:
+        match = match_genes(src.var_names, b.symbols, b.ensembl_ids)
+        pred = make_predictor(b)
+        first = next(src.chunks(16))  # compile/warm the kernel outside the timings
+        normalize_chunk(first.data, first.indices, first.indptr, match.gene_map, match.present,
+                        b.normalization)
+        it = src.chunks(CHUNK)
+        while True:
+            t0 = time.perf_counter()
+            chunk = next(it, None)
+            t1 = time.perf_counter()
+            times["read"] += t1 - t0
+            if chunk is None:
+                break
+            x, _ = normalize_chunk(chunk.data, chunk.indices, chunk.indptr, match.gene_map,
+                                   match.present, b.normalization)
+            t2 = time.perf_counter()
+            pred.predict(x)
+            times["normalize"] += t2 - t1
+            times["forward"] += time.perf_counter() - t2
+        n = src.n_obs
+    return {"cells": n, **times}
+
+
+def _stage_of(name: str):
+    def run(path: Path, bundle: Path) -> dict:
+        t = _scorer_stages(path, bundle)
+        return {"cells": t["cells"], "seconds": t[name]}
+    return run
+
+
+def stage_scdr(path: Path, bundle: Path, extra: tuple[str, ...] = ()) -> dict:
+    """scdr-score end to end, as a user runs it (CLI in this process, output to a temp dir)."""
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from scoring.cli import score_command
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = CliRunner().invoke(score_command, [str(path), "--model", str(bundle), "-o",
+                                                 f"{tmp}/out.csv", "-q", *extra])
+        seconds = time.perf_counter() - t0
+    if res.exit_code != 0:
+        raise SystemExit(f"scdr-score failed: {res.output.strip()}")
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        n = int(f["X"]["indptr"].shape[0] - 1)
+    return {"cells": n, "seconds": seconds}
+
+
+def stage_explain(path: Path, bundle: Path) -> dict:
+    """scdr-score --explain (pathway level, default steps and rule)."""
+    return stage_scdr(path, bundle, ("--explain",))
+
+
+def stage_peer(path: Path, bundle: Path) -> dict:
+    """What scDEAL/SCAD users run: read all, scanpy normalise, subset, densify, torch forward."""
+    import anndata as ad
+    import numpy as np
+    import scanpy as sc
+    import torch
+
+    from scoring.bundle import load_bundle
+    from scoring.genes import match_genes
+
+    b = load_bundle(bundle)
+    net = _torch_from_onnx(b.model_bytes)
+    norm = b.normalization
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(path)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    match = match_genes(list(adata.var_names), b.symbols, b.ensembl_ids)
+    cols = np.flatnonzero(match.gene_map >= 0)
+    x = np.zeros((adata.n_obs, len(b.symbols)), np.float32)
+    x[:, match.gene_map[cols]] = adata.X[:, cols].toarray()
+    mu = x[:, match.present].mean(axis=1, keepdims=True)
+    sd = x[:, match.present].std(axis=1, keepdims=True)
+    x = (x - mu) / np.where(sd > 0, sd, 1)
+    if norm.gene_mean is not None:
+        x = (x - norm.gene_mean.astype(np.float32)) / norm.gene_std.astype(np.float32)
+    x[:, ~match.present] = 0
+    with torch.no_grad():
+        for lo in range(0, x.shape[0], 4096):
+            net(torch.from_numpy(x[lo : lo + 4096]))
+    return {"cells": adata.n_obs, "seconds": time.perf_counter() - t0}
+
+
+def stage_celltypist(path: Path, bundle: Path) -> dict:
+    """celltypist 1.7: scanpy read + normalise, then annotate with a model over the same panel."""
+    import anndata as ad
+    import celltypist
+    import numpy as np
+    import scanpy as sc
+
+    from scoring.bundle import load_bundle
+    from scoring.genes import match_genes
+
+    b = load_bundle(bundle)
+    example = ad.read_h5ad(HERE.parent / "examples" / "celseq2_p1.h5ad")
+    sc.pp.normalize_total(example, target_sum=1e4)
+    sc.pp.log1p(example)
+    match = match_genes(list(example.var_names), b.symbols, b.ensembl_ids)
+    train = example[:, np.flatnonzero(match.gene_map >= 0)].copy()
+    model = celltypist.train(train, labels="cell_line", n_jobs=1, max_iter=50, use_SGD=True,
+                             check_expression=False)  # a panel subset no longer sums to 1e4
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(path)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    celltypist.annotate(adata, model=model, majority_voting=False)
+    return {"cells": adata.n_obs, "seconds": time.perf_counter() - t0}
+
+
+def _torch_from_onnx(model_bytes: bytes):
+    """The same network in torch: interpret the ONNX graph's nodes with torch ops."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(model_bytes).graph
+    consts = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    ops = {
+        "MatMul": lambda a, b: a @ b, "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul,
+        "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh,
+        "Identity": lambda a: a,
+        "Squeeze": lambda a, axes=None: a.squeeze(-1),
+        "Reshape": lambda a, shape: a.reshape(-1) if shape.numel() == 1 else a.reshape(*shape.tolist()),
+    }
+
+    def gemm(node, a, b, c=None):
+        at = {x.name: x for x in node.attribute}
+        if "transB" in at and at["transB"].i:
+            b = b.T
+        y = a @ b
+        return y + c if c is not None else y
+
+    def run(x):
+        env = {**consts, graph.input[0].name: x}
+        for node in graph.node:
+            args = [env[i] for i in node.input if i]
+            if node.op_type == "Gemm":
+                env[node.output[0]] = gemm(node, *args)
+            elif node.op_type == "Constant":
+                env[node.output[0]] = torch.from_numpy(numpy_helper.to_array(node.attribute[0].t).copy())
+            else:
+                env[node.output[0]] = ops[node.op_type](*args)
+        return [env[o.name] for o in graph.output]
+
+    return run
+
+
+STAGES = {
+    "io": stage_io,
+    "read": _stage_of("read"),
+    "normalize": _stage_of("normalize"),
+    "forward": _stage_of("forward"),
+    "scdr": stage_scdr,
+    "explain": stage_explain,
+    "peer": stage_peer,
+    "celltypist": stage_celltypist,
+}
+
+
+if __name__ == "__main__":
+    main()
