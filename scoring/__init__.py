@@ -15,6 +15,7 @@ __all__ = [
     "ScdrError",
     "ScoreTable",
     "__version__",
+    "annotate",
     "find_bundle",
     "list_bundles",
     "load_bundle",

@@ -78,6 +78,10 @@ from scoring.progress import progress_bar
                    "1-3 s per cell for a 2,000-gene panel on 2 cores.")
 @click.option("--groupby", default=None,
               help="obs column (e.g. cell_line) for mean attributions per group.")
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="Write a self-contained HTML report (summary, probability distribution, "
+                   "fraction sensitive per --groupby group, top pathways with --explain, "
+                   "obsm/X_umap coloured by probability). Needs the plot extra.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or coverage messages.")
 @click.version_option(__version__, prog_name="scdr")
 def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, ...],
@@ -85,7 +89,8 @@ def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, 
                   gene_column: str | None, normalized: bool, chunk_size: int, device: str,
                   threads: int | None, summary: Path | None, explain: bool,
                   explain_out: str | None, steps: int, rule: str, baseline: str,
-                  explain_genes: str | None, groupby: str | None, quiet: bool) -> None:
+                  explain_genes: str | None, groupby: str | None, report: Path | None,
+                  quiet: bool) -> None:
     """Predict, for every cell of CELLS.h5ad, sensitive or resistant to a drug."""
     def log(msg: str) -> None:
         if not quiet:
@@ -99,8 +104,9 @@ def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, 
         drug_names = [b.drug for b in bundles]
         outputs = _output_paths(drug_names, output, lambda d: default_output_path(input_path, d))
         settings, explain_outputs = None, None
-        if (explain_genes or explain_out or groupby) and not explain:
-            raise ScdrError("--explain-out, --explain-genes and --groupby need --explain")
+        if (explain_genes or explain_out or (groupby and report is None)) and not explain:
+            raise ScdrError("--explain-out and --explain-genes need --explain; --groupby needs "
+                            "--explain or --report")
         if explain:
             cells = frozenset(c.strip() for c in (explain_genes or "").split(",") if c.strip())
             settings = ExplainSettings(steps=steps, rule=rule, baseline=baseline, gene_cells=cells)
@@ -108,7 +114,7 @@ def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, 
                 drug_names, explain_out,
                 lambda d: outputs[drug_names.index(d)].with_name(
                     f"{input_path.stem}.scdr.{d}.attributions.h5"))
-        for out in outputs + (explain_outputs or []):
+        for out in outputs + (explain_outputs or []) + ([report] if report else []):
             check_output_path(out, force)
         if summary is not None:
             check_output_path(summary, True)
@@ -116,7 +122,7 @@ def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, 
             input_path, bundles, outputs, pathways=pathways, layer=layer,
             gene_column=gene_column, normalized=normalized, chunk_size=chunk_size,
             device=device, threads=threads, explain=settings, explain_outputs=explain_outputs,
-            groupby=groupby, progress=progress_bar(not quiet), log=log,
+            groupby=groupby, report=report, progress=progress_bar(not quiet), log=log,
         )
         for m in result["models"]:
             log(f"{m['drug']}: {m['labels']['sensitive']:,} sensitive, "

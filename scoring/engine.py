@@ -4,14 +4,17 @@
 runs (streams rows into output files and returns the run summary).
 """
 
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numba
 import numpy as np
+import scipy
 import scipy.sparse as sp
 
 from scoring import __version__
@@ -28,6 +31,7 @@ from scoring.h5ad import Chunk, CountSource, from_arrays, open_counts
 from scoring.inference import Predictor, make_predictor, make_session
 from scoring.normalize import STATUS_ZERO_COUNTS, normalize_chunk
 from scoring.output import ExplainWriter, TableWriter
+from scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
 
 DEFAULT_CHUNK_SIZE = 8192
 MIN_COVERAGE = 0.5
@@ -172,16 +176,21 @@ def score_file(
     explain: ExplainSettings | None = None,
     explain_outputs: list[Path] | None = None,
     groupby: str | None = None,
+    report: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
     """Score ``path`` with every bundle in one pass, writing one table per bundle atomically.
 
     With ``explain``, each bundle also gets an attribution file (``explain_outputs``) and a CSV of
-    mean attributions by predicted label and by the ``groupby`` obs column.
+    mean attributions by predicted label and by the ``groupby`` obs column. With ``report``, an
+    HTML report of the run is written there (needs matplotlib).
     """
+    if report is not None:
+        require_matplotlib()
     t0 = time.perf_counter()
     with open_source(path, None, None, layer, gene_column, normalized) as source:
+        stat = path.stat()  # size and mtime identify the input in the audit record
         runs = [prepare_run(b, source, device, threads, normalized, explain) for b in bundles]
         for run in runs:
             m = run.match
@@ -195,6 +204,11 @@ def score_file(
                 writers[id(run)].append(ExplainWriter(
                     explain_outputs[i], source.n_obs, names, run.bundle.symbols,
                     _explain_attrs(run, explain), groupby))
+        collectors = [ReportCollector(r.bundle.drug, r.bundle.pathway_names, source.n_obs,
+                                      groupby, r.bundle.threshold)
+                      for r in runs] if report is not None else []
+        for run, col in zip(runs, collectors):
+            writers[id(run)].append(col)
         all_writers = [w for ws in writers.values() for w in ws]
         try:
             for w in all_writers:
@@ -214,13 +228,16 @@ def score_file(
             raise
         n_obs, location = source.n_obs, source.location
     wall = time.perf_counter() - t0
-    return {
+    summary = {
         "input": str(path),
+        "input_size_bytes": stat.st_size,
+        "input_mtime": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(),
         "matrix": location,
         "cells": n_obs,
         "wall_time_s": round(wall, 3),
         "cells_per_s": round(n_obs / wall, 1) if wall > 0 else None,
         "scdr_version": __version__,
+        "versions": runtime_versions(),
         "chunk_size": chunk_size,
         "threads": threads,
         "normalized_input": normalized,
@@ -242,6 +259,21 @@ def score_file(
             for r, out in zip(runs, outputs)
         ],
     }
+    if report is not None:
+        write_report(report, summary, collectors, read_embedding(path))
+        summary["report"] = str(report)
+    return summary
+
+
+def runtime_versions() -> dict[str, str]:
+    """Versions of everything that computes a prediction, for the run summary's audit record."""
+    import h5py
+    import onnxruntime
+
+    return {"scdr": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
+            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__}
 
 
 def resolve_bundle(drug: str | None, model: str | Path | None) -> Bundle:

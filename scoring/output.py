@@ -104,17 +104,21 @@ def publish(tmp: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    """Write ``obj`` as indented JSON through a temp file and a rename."""
+def publish_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and publish it there atomically."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+            fh.write(text)
         publish(Path(name), path)
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
+    """Write ``obj`` as indented JSON through a temp file and a rename."""
+    publish_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 class ExplainWriter:
