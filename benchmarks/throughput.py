@@ -35,6 +35,7 @@ CHUNK = 16384
 @click.option("--drug", default="cisplatin", show_default=True, help="Shipped model to run.")
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="Or any bundle.")
 @click.option("--peers", is_flag=True, help="Also run the anndata/scanpy/torch and celltypist peers.")
+@click.option("--dask", is_flag=True, help="Also run scdr-score on a local Dask cluster, 1 and 2 workers.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=RESULTS / "data",
               show_default=True, help="Where generated files are cached.")
 @click.option("--quick", is_flag=True, help="A 2,000-cell file, scorer stages only (for CI).")
@@ -43,7 +44,7 @@ CHUNK = 16384
 @click.option("--stage", default=None, hidden=True)
 @click.option("--file", "file_", default=None, hidden=True)
 def main(cells: str, density: str, compress: bool, drug: str, model: Path | None, peers: bool,
-         data_dir: Path, quick: bool, out: Path | None, stage: str | None,
+         dask: bool, data_dir: Path, quick: bool, out: Path | None, stage: str | None,
          file_: str | None) -> None:
     """Run the benchmark and print the table."""
     bundle = model or _bundle_for(drug)
@@ -56,6 +57,8 @@ def main(cells: str, density: str, compress: bool, drug: str, model: Path | None
     for n in sizes:
         path = _ensure_file(data_dir, n, density, compress)
         names = ["io", "read", "normalize", "forward", "scdr", "explain"]
+        if dask and not quick:
+            names += ["dask1", "dask2"]
         if peers and not quick:
             names += ["peer", "celltypist"]
         for name in names:
@@ -216,6 +219,16 @@ def stage_explain(path: Path, bundle: Path) -> dict:
     return stage_scdr(path, bundle, ("--explain",))
 
 
+def stage_dask1(path: Path, bundle: Path) -> dict:
+    """scdr-score --workers 1 (a local Dask cluster; cluster start-up included)."""
+    return stage_scdr(path, bundle, ("--workers", "1"))
+
+
+def stage_dask2(path: Path, bundle: Path) -> dict:
+    """scdr-score --workers 2."""
+    return stage_scdr(path, bundle, ("--workers", "2"))
+
+
 def stage_peer(path: Path, bundle: Path) -> dict:
     """What scDEAL/SCAD users run: read all, scanpy normalise, subset, densify, torch forward."""
     import anndata as ad
@@ -320,6 +333,8 @@ STAGES = {
     "forward": _stage_of("forward"),
     "scdr": stage_scdr,
     "explain": stage_explain,
+    "dask1": stage_dask1,
+    "dask2": stage_dask2,
     "peer": stage_peer,
     "celltypist": stage_celltypist,
 }

@@ -4,6 +4,7 @@ Errors are one line on stderr with a stable exit code (see ``scoring.errors``); 
 traceback unless ``SCDR_DEBUG=1``.
 """
 
+import glob
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ import click
 
 from scoring import __version__
 from scoring.bundle import list_bundles
+from scoring.distributed import score_distributed
 from scoring.engine import (
     DEFAULT_CHUNK_SIZE,
     MAX_GENE_CELLS,
@@ -22,7 +24,14 @@ from scoring.engine import (
     resolve_bundle,
     score_file,
 )
-from scoring.errors import EXIT_INTERNAL, ScdrError
+from scoring.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    InputError,
+    ScdrError,
+)
 from scoring.explain import BASELINES, DEFAULT_RULE, DEFAULT_STEPS, RULES
 from scoring.inference import DEVICES
 from scoring.output import check_output_path, default_output_path, write_json_atomic
@@ -30,7 +39,7 @@ from scoring.progress import progress_bar
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("input_path", metavar="CELLS.h5ad", type=click.Path(path_type=Path))
+@click.argument("input_paths", metavar="CELLS.h5ad...", nargs=-1, required=True)
 @click.option("--drug", "drugs", multiple=True,
               help="Shipped model by drug name or alias (any case); repeat for several drugs "
                    "scored in one pass over the file. See scdr-models.")
@@ -82,16 +91,25 @@ from scoring.progress import progress_bar
               help="Write a self-contained HTML report (summary, probability distribution, "
                    "fraction sensitive per --groupby group, top pathways with --explain, "
                    "obsm/X_umap coloured by probability). Needs the plot extra.")
+@click.option("--scheduler", default=None,
+              help="Score on a running Dask cluster (e.g. tcp://host:8786); files must be on a "
+                   "filesystem the workers share. Needs the dask extra.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Score on a local Dask cluster of N worker processes.")
+@click.option("--resume", is_flag=True,
+              help="Finish an interrupted --scheduler/--workers run from its checkpointed parts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or coverage messages.")
 @click.version_option(__version__, prog_name="scdr")
-def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, ...],
+def score_command(input_paths: tuple[str, ...], drugs: tuple[str, ...], models: tuple[Path, ...],
                   output: str | None, force: bool, pathways: bool, layer: str | None,
                   gene_column: str | None, normalized: bool, chunk_size: int, device: str,
                   threads: int | None, summary: Path | None, explain: bool,
                   explain_out: str | None, steps: int, rule: str, baseline: str,
                   explain_genes: str | None, groupby: str | None, report: Path | None,
+                  scheduler: str | None, workers: int | None, resume: bool,
                   quiet: bool) -> None:
-    """Predict, for every cell of CELLS.h5ad, sensitive or resistant to a drug."""
+    """Predict, for every cell of each CELLS.h5ad (files or globs), sensitive or resistant to a
+    drug. Several files are scored one after the other, or in parallel on Dask."""
     def log(msg: str) -> None:
         if not quiet:
             click.echo(msg, err=True)
@@ -102,34 +120,59 @@ def score_command(input_path: Path, drugs: tuple[str, ...], models: tuple[Path, 
         bundles = [resolve_bundle(d, None) for d in drugs]
         bundles += [resolve_bundle(None, m) for m in models]
         drug_names = [b.drug for b in bundles]
-        outputs = _output_paths(drug_names, output, lambda d: default_output_path(input_path, d))
-        settings, explain_outputs = None, None
+        inputs = _expand_inputs(input_paths)
+        distributed = scheduler is not None or workers is not None
+        if distributed and (explain or report):
+            raise ScdrError("--explain and --report run on one machine; drop --scheduler/--workers")
+        if resume and not distributed:
+            raise ScdrError("--resume continues a --scheduler/--workers run")
         if (explain_genes or explain_out or (groupby and report is None)) and not explain:
             raise ScdrError("--explain-out and --explain-genes need --explain; --groupby needs "
                             "--explain or --report")
+        if len(inputs) > 1:
+            for name, value in (("--output", output), ("--explain-out", explain_out),
+                                ("--report", report and str(report))):
+                if value is not None and "{stem}" not in value:
+                    raise ScdrError(f"several inputs: put {{stem}} in {name}")
+        settings = None
         if explain:
             cells = frozenset(c.strip() for c in (explain_genes or "").split(",") if c.strip())
             settings = ExplainSettings(steps=steps, rule=rule, baseline=baseline, gene_cells=cells)
-            explain_outputs = _output_paths(
-                drug_names, explain_out,
-                lambda d: outputs[drug_names.index(d)].with_name(
-                    f"{input_path.stem}.scdr.{d}.attributions.h5"))
-        for out in outputs + (explain_outputs or []) + ([report] if report else []):
-            check_output_path(out, force)
+        plans = []
+        for path in inputs:
+            outs = _output_paths(drug_names, _stem(output, path),
+                                 lambda d, p=path: default_output_path(p, d))
+            ex_outs = None if not explain else _output_paths(
+                drug_names, _stem(explain_out, path),
+                lambda d, p=path, o=outs: o[drug_names.index(d)].with_name(
+                    f"{p.stem}.scdr.{d}.attributions.h5"))
+            rep = Path(_stem(str(report), path)) if report else None
+            for out in outs + (ex_outs or []) + ([rep] if rep else []):
+                check_output_path(out, force or resume)
+            plans.append((path, outs, ex_outs, rep))
         if summary is not None:
             check_output_path(summary, True)
-        result = score_file(
-            input_path, bundles, outputs, pathways=pathways, layer=layer,
-            gene_column=gene_column, normalized=normalized, chunk_size=chunk_size,
-            device=device, threads=threads, explain=settings, explain_outputs=explain_outputs,
-            groupby=groupby, report=report, progress=progress_bar(not quiet), log=log,
-        )
-        for m in result["models"]:
-            log(f"{m['drug']}: {m['labels']['sensitive']:,} sensitive, "
-                f"{m['labels']['resistant']:,} resistant -> {m['output']}")
-            if "explain" in m:
-                log(f"{m['drug']}: attributions -> {m['explain'].get('attributions')}; worst "
-                    f"completeness gap {m['explain']['worst_relative_gap']:.2e} (relative)")
+        if distributed:
+            result = score_distributed(
+                inputs, bundles, [p[1] for p in plans], scheduler=scheduler, workers=workers,
+                resume=resume, force=force, pathways=pathways, layer=layer,
+                gene_column=gene_column, normalized=normalized, chunk_size=chunk_size,
+                threads=threads, progress=progress_bar(not quiet), log=log)
+            runs = result["runs"]
+        else:
+            runs = [score_file(
+                path, bundles, outs, pathways=pathways, layer=layer, gene_column=gene_column,
+                normalized=normalized, chunk_size=chunk_size, device=device, threads=threads,
+                explain=settings, explain_outputs=ex_outs, groupby=groupby, report=rep,
+                progress=progress_bar(not quiet), log=log) for path, outs, ex_outs, rep in plans]
+            result = runs[0] if len(runs) == 1 else {"runs": runs}
+        for one in runs:
+            for m in one["models"]:
+                log(f"{m['drug']}: {m['labels']['sensitive']:,} sensitive, "
+                    f"{m['labels']['resistant']:,} resistant -> {m['output']}")
+                if "explain" in m:
+                    log(f"{m['drug']}: attributions -> {m['explain'].get('attributions')}; "
+                        f"worst completeness gap {m['explain']['worst_relative_gap']:.2e}")
         return result
 
     _run_guarded(run, summary)
@@ -166,6 +209,26 @@ def models_command(as_json: bool) -> None:
                    f"{', '.join(r['aliases']) or '-'}")
 
 
+def _expand_inputs(patterns: tuple[str, ...]) -> list[Path]:
+    """Input paths in the order given; a pattern the shell left unexpanded is globbed (sorted)."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?[") and not Path(pattern).exists():
+            matches = sorted(glob.glob(pattern))
+            if not matches:
+                raise InputError(f"no input matches {pattern}")
+            paths += [Path(m) for m in matches]
+        else:
+            paths.append(Path(pattern))
+    if len(set(p.resolve() for p in paths)) != len(paths):
+        raise ScdrError("an input is named twice")
+    return paths
+
+
+def _stem(template: str | None, path: Path) -> str | None:
+    return None if template is None else template.replace("{stem}", path.stem)
+
+
 def _output_paths(drug_names: list[str], output: str | None,
                   default: Callable[[str], Path]) -> list[Path]:
     if output is None:
@@ -183,29 +246,29 @@ def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> Non
     try:
         result = run()
         result["status"] = "ok"
-        code = 0
+        code, message = EXIT_OK, ""
     except ScdrError as e:
         result = {"status": "error", "error": str(e), "exit_code": e.exit_code}
-        click.echo(f"scdr-score: error: {e}", err=True)
-        code = e.exit_code
+        code, message = e.exit_code, f"scdr-score: error: {e}"
     except KeyboardInterrupt:
-        result = {"status": "error", "error": "interrupted", "exit_code": 130}
-        click.echo("scdr-score: interrupted; no output written", err=True)
-        code = 130
+        result = {"status": "error", "error": "interrupted", "exit_code": EXIT_INTERRUPTED}
+        code, message = EXIT_INTERRUPTED, "scdr-score: interrupted; no output written"
     except Exception as e:  # anything unforeseen is an internal error, reported in one line
         if os.environ.get("SCDR_DEBUG"):
             raise
         result = {"status": "error", "error": f"internal: {type(e).__name__}: {e}",
                   "exit_code": EXIT_INTERNAL}
-        click.echo(f"scdr-score: internal error ({type(e).__name__}: {e}); "
-                   "rerun with SCDR_DEBUG=1 and report it", err=True)
-        code = EXIT_INTERNAL
+        code, message = EXIT_INTERNAL, (f"scdr-score: internal error ({type(e).__name__}: {e}); "
+                                        "rerun with SCDR_DEBUG=1 and report it")
     if summary is not None:
         try:
             write_json_atomic(summary, result)
         except OSError as e:
-            click.echo(f"scdr-score: error: cannot write summary {summary} ({e.strerror})", err=True)
-            code = code or 4
+            note = f"cannot write summary {summary} ({e.strerror})"
+            message = f"{message}; {note}" if message else f"scdr-score: error: {note}"
+            code = code or EXIT_OUTPUT
+    if message:  # one line, whatever the message holds (paths may contain newlines)
+        click.echo(message.replace("\r", "\\r").replace("\n", "\\n"), err=True)
     sys.exit(code)
 
 

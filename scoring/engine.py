@@ -346,11 +346,12 @@ def stream(
     sink: Callable[[ModelRun, ChunkResult], None],
     progress: Callable[[int, int], None] | None = None,
     obs_columns: Sequence[str] = (),
+    rows: tuple[int, int | None] = (0, None),
 ) -> None:
-    """Read each chunk once and hand every model's predictions for it to ``sink``."""
+    """Read each chunk of the rows ``rows`` once and hand every model's predictions to ``sink``."""
     if chunk_size < 1:
         raise ScdrError(f"chunk size must be at least 1, got {chunk_size}")
-    for chunk in source.chunks(chunk_size, obs_columns=obs_columns):
+    for chunk in source.chunks(chunk_size, rows[0], rows[1], obs_columns=obs_columns):
         for run in runs:
             sink(run, _predict_chunk(run, chunk, normalized))
         if progress is not None:

@@ -19,6 +19,21 @@ def default_output_path(input_path: Path, drug: str) -> Path:
     return input_path.with_name(f"{input_path.stem}.scdr.{drug}.csv")
 
 
+def table_delimiter(path: Path) -> str:
+    """Tab for .tsv/.txt outputs, comma otherwise."""
+    return "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+
+
+def table_header(pathway_names: list[str] | None, explain: bool) -> list[str]:
+    """Column names of a prediction table."""
+    header = ["cell_id", "probability", "label", "zero_counts"]
+    if explain:
+        header += ["top_pathways", "ig_gap"]
+    if pathway_names is not None:
+        header += [f"pathway:{n}" for n in pathway_names]
+    return header
+
+
 def check_output_path(path: Path, force: bool) -> None:
     """Refuse to overwrite without ``force`` and fail early when the folder does not exist."""
     if path.exists() and not force:
@@ -30,12 +45,19 @@ def check_output_path(path: Path, force: bool) -> None:
 
 
 class TableWriter:
-    """Rows of one drug's predictions, streamed into a temp file that ``commit`` renames."""
+    """Rows of one drug's predictions, streamed into a temp file that ``commit`` renames.
 
-    def __init__(self, path: Path, pathway_names: list[str] | None, explain: bool = False) -> None:
+    With ``header=False`` it writes a part (rows only) of a table assembled later, formatted
+    exactly as the whole table would be.
+    """
+
+    def __init__(self, path: Path, pathway_names: list[str] | None, explain: bool = False,
+                 header: bool = True, delimiter: str | None = None) -> None:
         self.path = path
         self.pathway_names = pathway_names
         self.explain = explain
+        self.header = header
+        self.delimiter = delimiter or table_delimiter(path)
         self.worst_gap = 0.0
         self.gap_sum = 0.0
         self.n_rows = 0
@@ -52,14 +74,9 @@ class TableWriter:
             raise OutputError(f"cannot write in {self.path.parent} ({e.strerror})") from None
         self._tmp_path = Path(name)
         self._tmp = os.fdopen(fd, "w", newline="", encoding="utf-8")
-        delimiter = "\t" if self.path.suffix.lower() in (".tsv", ".txt") else ","
-        self._writer = csv.writer(self._tmp, delimiter=delimiter, lineterminator="\n")
-        header = ["cell_id", "probability", "label", "zero_counts"]
-        if self.explain:
-            header += ["top_pathways", "ig_gap"]
-        if self.pathway_names is not None:
-            header += [f"pathway:{n}" for n in self.pathway_names]
-        self._writer.writerow(header)
+        self._writer = csv.writer(self._tmp, delimiter=self.delimiter, lineterminator="\n")
+        if self.header:
+            self._writer.writerow(table_header(self.pathway_names, self.explain))
 
     def write(self, res: Any) -> None:
         """Append the rows of one chunk's ``ChunkResult``."""
