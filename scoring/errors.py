@@ -1,10 +1,15 @@
-"""One exception type for every user-facing failure, carrying the exit code the CLI returns."""
+"""One exception type for every user-facing failure, carrying the exit code the CLI returns.
+
+The exit codes are a stable interface for pipelines: 0 ok, 1 internal error (a bug: report it),
+2 bad input or usage, 3 bad or unknown model, 4 output cannot be written, 130 interrupted.
+"""
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_BAD_MODEL = 3
 EXIT_OUTPUT = 4
+EXIT_INTERRUPTED = 130
 
 
 class ScdrError(Exception):

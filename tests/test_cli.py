@@ -132,3 +132,16 @@ def test_drug_lookup_by_name_or_alias(bundle_dir, alias):
     from scoring.bundle import find_bundle
 
     assert find_bundle(alias, root=bundle_dir.parent) == bundle_dir
+
+
+def test_several_inputs_one_after_the_other(tmp_path, bundle_dir):
+    a, b = tmp_path / "a.h5ad", tmp_path / "b.h5ad"
+    a.write_bytes(EXAMPLE.read_bytes())
+    b.write_bytes(EXAMPLE.read_bytes())
+    summary = tmp_path / "s.json"
+    _cli(str(tmp_path / "*.h5ad"), "--model", bundle_dir, "-o", tmp_path / "{stem}.{drug}.csv",
+         "--summary", summary, "-q")
+    assert (tmp_path / "a.testdrug.csv").read_bytes() == (tmp_path / "b.testdrug.csv").read_bytes()
+    assert [r["input"] for r in json.loads(summary.read_text())["runs"]] == [str(a), str(b)]
+    proc = _cli(a, b, "--model", bundle_dir, "-o", tmp_path / "x.csv", check_rc=1 + 1)
+    assert "{stem}" in proc.stderr
