@@ -25,6 +25,7 @@ BASELINES = ("zero", "bulk_mean", "single_cell_mean")
 DEFAULT_STEPS = 16
 DEFAULT_RULE = "gauss-legendre"
 FD_STEP = 1e-3
+GAP_FLOOR = 0.1  # logit units: below this |f(x) - f(b)|, the gap is measured against 0.1
 _BATCH_VALUES = 8_000_000  # floats per ONNX Runtime call (32 MB of path points)
 
 
@@ -35,7 +36,7 @@ class Attribution:
     values: np.ndarray  # [n, n_features] float32
     logit: np.ndarray  # [n] f(input)
     baseline_logit: float  # f(baseline)
-    gap: np.ndarray  # [n] |sum(values) - (f(input) - f(baseline))| / max(|f(input) - f(baseline)|, 1e-6)
+    gap: np.ndarray  # [n] |sum(values) - (f(x) - f(b))| / max(|f(x) - f(b)|, GAP_FLOOR)
 
 
 def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +122,8 @@ class IntegratedGradients:
     def _checked(self, x: np.ndarray, values: np.ndarray) -> Attribution:
         logit = self._logit(x)
         delta = logit.astype(np.float64) - self.baseline_logit
-        gap = np.abs(values.sum(axis=1, dtype=np.float64) - delta) / np.maximum(np.abs(delta), 1e-6)
+        residual = np.abs(values.sum(axis=1, dtype=np.float64) - delta)
+        gap = residual / np.maximum(np.abs(delta), GAP_FLOOR)
         return Attribution(values, logit, self.baseline_logit, gap.astype(np.float32))
 
     def _logit(self, x: np.ndarray) -> np.ndarray:
