@@ -192,7 +192,7 @@ def models_command(as_json: bool) -> None:
             "pathways": len(card["pathways"]["names"]),
             "pathway_source": card["pathways"].get("source", ""),
             "threshold": card["threshold"]["value"],
-            "bulk_auroc": metrics.get("bulk_validation", {}).get("auroc"),
+            "bulk_cv_auroc": metrics.get("bulk_cross_validation", {}).get("auroc_mean"),
             "description": card.get("description", ""),
             "path": str(path),
         })
@@ -203,9 +203,9 @@ def models_command(as_json: bool) -> None:
         click.echo("no shipped models found")
         return
     for r in rows:
-        auroc = "n/a" if r["bulk_auroc"] is None else f"{r['bulk_auroc']:.3f}"
+        auroc = "n/a" if r["bulk_cv_auroc"] is None else f"{r['bulk_cv_auroc']:.3f}"
         click.echo(f"{r['drug']:<14} genes {r['genes']:>5}  pathways {r['pathways']:>4} "
-                   f"({r['pathway_source']})  bulk AUROC {auroc}  aliases: "
+                   f"({r['pathway_source']})  bulk CV AUROC {auroc}  aliases: "
                    f"{', '.join(r['aliases']) or '-'}")
 
 

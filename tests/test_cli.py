@@ -145,3 +145,22 @@ def test_several_inputs_one_after_the_other(tmp_path, bundle_dir):
     assert [r["input"] for r in json.loads(summary.read_text())["runs"]] == [str(a), str(b)]
     proc = _cli(a, b, "--model", bundle_dir, "-o", tmp_path / "x.csv", check_rc=1 + 1)
     assert "{stem}" in proc.stderr
+
+
+def test_readme_quick_start_with_the_shipped_cisplatin_model(tmp_path):
+    """The installed console script finds the bundled model and scores the bundled example."""
+    import shutil
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("scdr-score")
+    if not exe.exists():
+        pytest.skip("scdr is not installed in this environment (pip install .)")
+    src = tmp_path / "celseq2_p1.h5ad"
+    shutil.copy(EXAMPLE, src)
+    proc = subprocess.run([str(exe), str(src), "--drug", "cisplatin"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(tmp_path / "celseq2_p1.scdr.cisplatin.csv")
+    assert len(rows) == 297 and {r["label"] for r in rows} <= {"sensitive", "resistant"}
+    models = subprocess.run([str(exe.with_name("scdr-models"))], capture_output=True, text=True)
+    assert models.returncode == 0 and models.stdout.startswith("cisplatin")

@@ -1,0 +1,229 @@
+"""End to end on real data: scdr-train -> bundle -> ONNX parity -> scoring without torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from training.cli import main
+from training.data import DEFAULT_HOLDOUT_LINES, load_single_cell
+from training.export import ExportError, build_head_graph, build_model_graph, check_parity
+from training.module import ScdrModule
+from training.normalize import Normalization, normalize_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent (CI has it)")
+PLATE = DATA / "singlecell" / "sc_celseq2_5cl_p1.h5ad"
+
+
+def _args(out: Path, *extra: str) -> list[str]:
+    """A tiny but complete scdr-train command on the real files."""
+    return [
+        "--drug", "cisplatin",
+        "--bulk-expression", str(DATA / "bulk" / "gdsc_expression.csv.gz"),
+        "--ic50", str(DATA / "bulk" / "GDSC1_IC50.csv.gz"),
+        "--ic50", str(DATA / "bulk" / "GDSC2_IC50.csv.gz"),
+        "--target", str(PLATE),
+        "--genesets", str(DATA / "genesets" / "h.all.v7.0.symbols.gmt"),
+        "--gene-ids", str(DATA / "genes" / "hgnc_genes.tsv.gz"),
+        "--gene-ids", str(DATA / "genes" / "gencode_v22_genes.tsv.gz"),
+        "--out", str(out),
+        "--panel-size", "300", "--hidden", "32", "--epochs", "4", "--cv-folds", "0",
+        "--quiet", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle written by the scdr-train command from the real data."""
+    if not DATA.is_dir():
+        pytest.skip(f"real data folder {DATA} is absent (CI has it)")
+    out = tmp_path_factory.mktemp("bundles") / "cisplatin"
+    result = CliRunner().invoke(main, _args(out), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@needs_data
+def test_bundle_follows_the_contract(bundle: Path):
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["format"] == "scdr-bundle" and card["format_version"] == 1
+    assert card["drug"] == "cisplatin" and "Cisplatin" in card["aliases"]
+    genes = card["genes"]
+    n_genes = len(genes["symbols"])
+    assert 0 < n_genes <= 300 and len(genes["ensembl_ids"]) == n_genes
+    norm = card["normalization"]
+    assert set(norm) == {
+        "target_sum",
+        "log1p",
+        "accepts_normalized",
+        "cell_zscore",
+        "gene_mean",
+        "gene_std",
+        "clip",
+    }
+    assert len(norm["gene_mean"]) == len(norm["gene_std"]) == n_genes
+    assert min(norm["gene_std"]) > 0
+    n_paths = len(card["pathways"]["names"])
+    assert card["pathways"]["source"].startswith("MSigDB Hallmark")
+    assert set(card["reference_pathways"]) == {"bulk_mean", "single_cell_mean"}
+    assert all(len(v) == n_paths for v in card["reference_pathways"].values())
+    assert card["threshold"]["value"] == 0.5 and card["threshold"]["rule"]
+    training = card["training"]
+    assert training["holdout_lines"] == list(DEFAULT_HOLDOUT_LINES)
+    assert training["seed"] == 0 and training["epochs"]["max"] == 4
+    assert training["data"]["bulk_expression"]["sha256"] == _sha(DATA / "bulk" / "gdsc_expression.csv.gz")
+    assert training["versions"]["torch"] and training["versions"]["onnx"]
+    assert "quantile" in training["label_rule"]["description"]
+    for key in ("auroc", "aupr"):
+        assert 0 <= card["metrics"]["bulk_validation"][key] <= 1
+    assert card["metrics"]["onnx_parity"]["cells"] > 200
+    assert max(card["metrics"]["onnx_parity"]["max_abs_diff"].values()) <= 1e-5
+    for name in ("model.onnx", "head.onnx"):
+        assert card["files"][name]["sha256"] == _sha(bundle / name)
+        model = onnx.load(str(bundle / name), load_external_data=False)
+        onnx.checker.check_model(model, full_check=True)
+        assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+        assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    model = onnx.load(str(bundle / "model.onnx"))
+    assert [i.name for i in model.graph.input] == ["expression"]
+    assert [o.name for o in model.graph.output] == ["probability", "logit", "pathways"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == n_genes
+    out_dims = model.graph.output[2].type.tensor_type.shape.dim
+    assert out_dims[0].dim_param and out_dims[1].dim_value == n_paths
+
+
+@needs_data
+def test_head_graph_reproduces_the_model_logit(bundle: Path):
+    card, x = _normalised_plate(bundle)
+    model = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    head = ort.InferenceSession(str(bundle / "head.onnx"), providers=["CPUExecutionProvider"])
+    probability, logit, pathways = model.run(None, {"expression": x})
+    assert probability.shape == logit.shape == (len(x),)
+    assert pathways.shape == (len(x), len(card["pathways"]["names"]))
+    (head_logit,) = head.run(None, {"pathways": pathways})
+    np.testing.assert_allclose(head_logit, logit, atol=1e-5)
+    np.testing.assert_allclose(probability, 1 / (1 + np.exp(-logit.astype(float))), atol=1e-6)
+
+
+@needs_data
+def test_scoring_cli_uses_the_bundle_without_torch(bundle: Path, tmp_path: Path):
+    output = tmp_path / "scores.csv"
+    code = (
+        "import sys, runpy\n"
+        "for name in ('torch', 'anndata', 'training', 'sklearn', 'captum'):\n"
+        "    sys.modules[name] = None  # any import of these now fails\n"
+        f"sys.argv = ['scdr-score', {str(PLATE)!r}, '--model', {str(bundle)!r},\n"
+        f"            '--output', {str(output)!r}, '--pathways', '--chunk-size', '64', '--quiet']\n"
+        "runpy.run_module('scoring.cli', run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(output)
+    card, x = _normalised_plate(bundle)
+    names = card["pathways"]["names"]
+    assert list(table.columns) == [
+        "cell_id",
+        "probability",
+        "label",
+        "zero_counts",
+        *(f"pathway:{n}" for n in names),
+    ]
+    cells = load_single_cell(PLATE)
+    assert table["cell_id"].tolist() == cells.cell_ids
+    model = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    probability, _, pathways = model.run(None, {"expression": x})
+    # training's numpy normalisation and scoring's Numba one agree through the whole model
+    np.testing.assert_allclose(table["probability"], probability, atol=2e-5)
+    np.testing.assert_allclose(table[[f"pathway:{n}" for n in names]], pathways, rtol=1e-4, atol=2e-5)
+    assert set(table["label"]) <= {"sensitive", "resistant"}
+    assert ((table["probability"] >= 0.5) == (table["label"] == "sensitive")).all()
+
+
+@needs_data
+def test_scoring_python_api_matches(bundle: Path):
+    from scoring import score
+
+    result = score(PLATE, model=bundle)
+    card, x = _normalised_plate(bundle)
+    model = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    probability, logit, pathways = model.run(None, {"expression": x})
+    assert result.pathway_names == card["pathways"]["names"]
+    np.testing.assert_allclose(result.probability, probability, atol=2e-5)
+    np.testing.assert_allclose(result.logit, logit, atol=2e-5)
+    np.testing.assert_allclose(result.pathways, pathways, atol=2e-5)
+
+
+def test_parity_check_fails_loudly_on_a_mismatched_graph():
+    rng = np.random.default_rng(0)
+    mask = rng.random((50, 6)) < 0.3
+    torch.manual_seed(0)
+    trained, other = ScdrModule(mask, hidden=8), ScdrModule(mask, hidden=8)
+    x = rng.standard_normal((40, 50)).astype(np.float32)
+    model = build_model_graph(trained.eval()).SerializeToString()
+    head = build_head_graph(trained).SerializeToString()
+    parity = check_parity(trained, model, head, x)
+    assert max(parity["max_abs_diff"].values()) <= 1e-5
+    with pytest.raises(ExportError, match="parity failed"):
+        check_parity(other.eval(), model, head, x)
+
+
+@needs_data
+def test_bad_input_is_a_one_line_click_error(tmp_path: Path):
+    runner = CliRunner()
+    args = _args(tmp_path / "x")
+    args[args.index("cisplatin")] = "no-such-drug"
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: drug 'no-such-drug' (aliases []) is in none of the IC50 files"
+    ]
+    assert not (tmp_path / "x").exists()
+    args = _args(tmp_path / "y")
+    args[args.index("--genesets") + 1] = str(DATA / "labels" / "cosmic_info.csv.gz")
+    result = runner.invoke(main, args)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.strip().startswith("Error:") and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(main, [*_args(tmp_path / "z"), "--device", "tpu"])
+    assert result.exit_code == 2 and "Invalid value for '--device'" in result.output
+
+
+def _normalised_plate(bundle: Path) -> tuple[dict, np.ndarray]:
+    """The bundle's card and plate 1 normalised by training's numpy implementation of it."""
+    card = json.loads((bundle / "card.json").read_text())
+    spec = card["normalization"]
+    norm = Normalization(
+        target_sum=spec["target_sum"],
+        log1p=spec["log1p"],
+        cell_zscore=spec["cell_zscore"],
+        gene_mean=np.asarray(spec["gene_mean"]),
+        gene_std=np.asarray(spec["gene_std"]),
+        clip=spec["clip"],
+    )
+    cells = load_single_cell(PLATE)
+    out = normalize_cells(
+        cells.counts, cells.features, card["genes"]["symbols"], card["genes"]["ensembl_ids"], norm
+    )
+    return card, out.values
+
+
+def _sha(path: Path) -> str:
+    """sha256 of a file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,142 @@
+"""The network: shared encoder -> pathway layer -> (masked decoder, response head, domain critic).
+
+    expression [n, genes] -> Dropout -> Linear -> ReLU -> Dropout -> Linear -> pathways [n, P]
+    pathways -> MaskedLinear (pathway p reconstructs only its member genes) -> expression
+    pathways -> head (Linear [-> ReLU -> Linear]) -> logit [n]
+    pathways -> gradient reversal -> domain classifier -> bulk/cell logit (alignment 'adversarial')
+
+Each pathway-layer node is one gene set: the decoder's weight exists only where the gene belongs
+to the set (a parameter vector over the mask's nonzeros, scattered into the dense weight), so
+masked weights are exactly zero by construction, whatever the optimiser does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+ALIGNMENTS = ("adversarial", "mmd", "none")
+
+
+class ScdrModule(nn.Module):
+    """Shared encoder with a pathway layer, pathway-masked decoder, response head, domain critic."""
+
+    def __init__(
+        self,
+        mask: np.ndarray,
+        hidden: int = 64,
+        head_hidden: int = 32,
+        dropout: float = 0.5,
+        domain_hidden: int = 64,
+        input_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        n_genes, n_pathways = mask.shape
+        self.n_genes = n_genes
+        self.n_pathways = n_pathways
+        self.encoder = nn.Sequential(
+            nn.Dropout(input_dropout),
+            nn.Linear(n_genes, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_pathways),
+        )
+        self.decoder = MaskedLinear(torch.as_tensor(np.asarray(mask, dtype=bool)))
+        if head_hidden > 0:
+            self.head = nn.Sequential(
+                nn.Linear(n_pathways, head_hidden), nn.ReLU(), nn.Linear(head_hidden, 1)
+            )
+        else:
+            self.head = nn.Sequential(nn.Linear(n_pathways, 1))
+        if domain_hidden > 0:
+            self.domain_classifier = nn.Sequential(
+                nn.Linear(n_pathways, domain_hidden), nn.ReLU(), nn.Linear(domain_hidden, 1)
+            )
+        else:
+            self.domain_classifier = nn.Sequential(nn.Linear(n_pathways, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pathway activities, response logit and reconstruction of a batch."""
+        pathways = self.encode(x)
+        return {
+            "pathways": pathways,
+            "logit": self.response_logit(pathways),
+            "reconstruction": self.decoder(pathways),
+        }
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised panel expression -> pathway activities (the shared latent)."""
+        return self.encoder(x)
+
+    def response_logit(self, pathways: torch.Tensor) -> torch.Tensor:
+        """Pathway activities -> sensitivity logit [n] (what head.onnx computes)."""
+        return self.head(pathways).squeeze(-1)
+
+    def domain_logit(self, pathways: torch.Tensor, reverse_scale: float) -> torch.Tensor:
+        """Domain logit (cell = 1) behind a gradient reversal of strength `reverse_scale`."""
+        return self.domain_classifier(grad_reverse(pathways, reverse_scale)).squeeze(-1)
+
+
+class MaskedLinear(nn.Module):
+    """y = x W^T + b with W [out, in] nonzero only where `mask` is True (structurally)."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        self.out_features, self.in_features = mask.shape
+        self.register_buffer("rows", rows)
+        self.register_buffer("cols", cols)
+        fan_in = mask.sum(dim=1).clamp(min=1).to(torch.float32)
+        bound = 1.0 / torch.sqrt(fan_in[rows])
+        self.values = nn.Parameter((torch.rand(rows.numel()) * 2 - 1) * bound)
+        self.bias = nn.Parameter(torch.zeros(self.out_features))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight [out, in]: the free values at the mask, exact zeros elsewhere."""
+        dense = torch.zeros(
+            self.out_features, self.in_features, dtype=self.values.dtype, device=self.values.device
+        )
+        return dense.index_put((self.rows, self.cols), self.values)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the masked linear map."""
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by -scale backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        """Pass `x` through unchanged and remember the scale."""
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Reverse and scale the incoming gradient; no gradient for the scale."""
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Gradient reversal layer: identity in the forward pass, gradient times -scale backward."""
+    return GradientReversal.apply(x, scale)
+
+
+def mmd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared MMD between two samples, Gaussian kernels at 5 bandwidths around the median."""
+    pooled = torch.cat([a, b])
+    sq = torch.cdist(pooled, pooled).pow(2)
+    n = a.shape[0]
+    median = sq.detach()[sq.detach() > 0].median() if (sq > 0).any() else sq.new_tensor(1.0)
+    kernel = sum(torch.exp(-sq / (median * f)) for f in (0.25, 0.5, 1.0, 2.0, 4.0))
+    return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
+
+
+def dann_scale(progress: float) -> float:
+    """DANN reversal-strength ramp 2 / (1 + exp(-10 p)) - 1 for training progress p in [0, 1]."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0

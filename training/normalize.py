@@ -1,0 +1,168 @@
+"""The bundle's normalisation in numpy, exactly as `exported_models/README.md` specifies it.
+
+Single cells go through steps 1-7 (library size over all features, panel gather with duplicate
+features summed, scale and log1p, z-score within the cell over the present panel genes, gene
+standardisation, clip, absent genes to 0). Bulk rows, already log-scale and z-scored within each
+line, go through steps 4-7 on their panel values. Everything is computed in float64 and returned
+as float32, as `scoring` does.
+
+Gene standardisation (step 5) uses per-domain statistics during training: bulk rows with means
+and SDs over the training bulk lines, cells with means and SDs over the (unlabelled) target
+cells. The card carries the single-cell statistics, which is what `scoring` applies to cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.panel import gene_key
+
+MIN_GENE_STD = 1e-8
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Parameters of the card's `normalization` block."""
+
+    target_sum: float | None = 10000.0
+    log1p: bool = True
+    cell_zscore: bool = True
+    gene_mean: np.ndarray | None = None  # float64 [n_panel]
+    gene_std: np.ndarray | None = None  # float64 [n_panel]
+    clip: float | None = 10.0
+    accepts_normalized: bool = True
+
+    def with_gene_stats(self, mean: np.ndarray, std: np.ndarray) -> Normalization:
+        """A copy with step-5 statistics set."""
+        return replace(self, gene_mean=np.asarray(mean, float), gene_std=np.asarray(std, float))
+
+    def to_card(self) -> dict:
+        """The card's `normalization` object (JSON-ready)."""
+        return {
+            "target_sum": self.target_sum,
+            "log1p": self.log1p,
+            "accepts_normalized": self.accepts_normalized,
+            "cell_zscore": self.cell_zscore,
+            "gene_mean": None if self.gene_mean is None else [float(x) for x in self.gene_mean],
+            "gene_std": None if self.gene_std is None else [float(x) for x in self.gene_std],
+            "clip": self.clip,
+        }
+
+
+@dataclass(frozen=True)
+class NormalizedCells:
+    """Panel vectors of one file's cells, with the per-file and per-cell masks."""
+
+    values: np.ndarray  # float32 [n_cells, n_panel]
+    present: np.ndarray  # bool [n_panel]: panel genes the file has
+    zero_counts: np.ndarray  # bool [n_cells]: library size 0, vector all zero
+
+
+def normalize_cells(
+    counts: sp.spmatrix,
+    features: list[str],
+    symbols: list[str],
+    ensembl_ids: list[str | None],
+    norm: Normalization,
+) -> NormalizedCells:
+    """Steps 1-7 for raw counts [cells x features] onto the panel; float64 math, float32 out."""
+    scaled, present, zero = scale_cells(counts, features, symbols, ensembl_ids, norm)
+    return NormalizedCells(standardize(scaled, present, zero, norm), present, zero)
+
+
+def scale_cells(
+    counts: sp.spmatrix,
+    features: list[str],
+    symbols: list[str],
+    ensembl_ids: list[str | None],
+    norm: Normalization,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 1-4: library size, gather, scale, log1p, cell z-score (float64, absent genes 0)."""
+    gene_map = match_features(features, symbols, ensembl_ids)
+    n_panel = len(symbols)
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    rows = np.flatnonzero(gene_map >= 0)
+    gather = sp.csr_matrix((np.ones(rows.size), (rows, gene_map[rows])), shape=(len(features), n_panel))
+    y = np.asarray((counts @ gather).todense(), dtype=np.float64)
+    present = np.zeros(n_panel, dtype=bool)
+    present[gene_map[rows]] = True
+    zero = library == 0
+    if norm.target_sum is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = y * norm.target_sum / library[:, None]
+    if norm.log1p:
+        y = np.log1p(y)
+    y[zero] = 0.0
+    y[:, ~present] = 0.0
+    if norm.cell_zscore:
+        y = _cell_zscore(y, present)
+    return y, present, zero
+
+
+def standardize(y: np.ndarray, present: np.ndarray, zero: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Steps 5-7: gene standardisation, clip, absent genes and empty cells to 0; float32 out."""
+    y = np.array(y, dtype=np.float64, copy=True)
+    if norm.gene_mean is not None and norm.gene_std is not None:
+        y = (y - norm.gene_mean) / norm.gene_std
+    if norm.clip is not None:
+        np.clip(y, -norm.clip, norm.clip, out=y)
+    y[:, ~present] = 0.0
+    y[zero] = 0.0
+    return y.astype(np.float32)
+
+
+def normalize_bulk(values: np.ndarray, norm: Normalization) -> np.ndarray:
+    """Steps 4-7 for bulk panel values [lines x panel] (every gene present)."""
+    y = np.asarray(values, dtype=np.float64)
+    present = np.ones(y.shape[1], dtype=bool)
+    if norm.cell_zscore:
+        y = _cell_zscore(y, present)
+    return standardize(y, present, np.zeros(y.shape[0], dtype=bool), norm)
+
+
+def gene_stats(blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Per-gene mean and population SD over (values, present, zero) blocks, present genes only."""
+    n_panel = blocks[0][0].shape[1]
+    total = np.zeros(n_panel)
+    total_sq = np.zeros(n_panel)
+    count = np.zeros(n_panel)
+    for y, present, zero in blocks:
+        kept = y[~zero]
+        total[present] += kept[:, present].sum(axis=0)
+        total_sq[present] += (kept[:, present] ** 2).sum(axis=0)
+        count[present] += kept.shape[0]
+    safe = np.maximum(count, 1)
+    mean = total / safe
+    std = np.sqrt(np.maximum(total_sq / safe - mean**2, 0.0))
+    std[std < MIN_GENE_STD] = 1.0
+    return mean, std
+
+
+def match_features(features: list[str], symbols: list[str], ensembl_ids: list[str | None]) -> np.ndarray:
+    """Panel index of each file feature by symbol or Ensembl key (scoring's rule); -1 if none."""
+    by_key: dict[str, int] = {}
+    for i, symbol in enumerate(symbols):
+        by_key.setdefault(gene_key(symbol), i)
+    for i, ens in enumerate(ensembl_ids):
+        if ens:
+            by_key.setdefault(gene_key(ens), i)
+    return np.array([by_key.get(gene_key(f), -1) for f in features], dtype=np.int64)
+
+
+def _cell_zscore(y: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Step 4: z-score each row over the present columns (population SD; SD 0 gives 0)."""
+    out = np.zeros_like(y)
+    if not present.any():
+        return out
+    sub = y[:, present]
+    mean = sub.mean(axis=1, keepdims=True)
+    centred = sub - mean
+    sd = np.sqrt((centred**2).mean(axis=1, keepdims=True))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(sd > 0, centred / sd, 0.0)
+    out[:, present] = z
+    return out

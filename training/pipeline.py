@@ -1,0 +1,371 @@
+"""From input files to a bundle: load, label, choose the panel, normalise, fit, export.
+
+`prepare` does everything up to the training matrices (reusable by tests and the sweep);
+`train_bundle` fits, cross-validates on bulk if asked, composes the card and exports.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from training.data import (
+    DEFAULT_HOLDOUT_LINES,
+    BulkExpression,
+    DataError,
+    LabelRule,
+    Labels,
+    load_bulk_expression,
+    load_ic50_entries,
+    load_single_cell,
+    make_labels,
+    normalize_line_name,
+    sha256_file,
+)
+from training.export import export_bundle, make_card
+from training.genesets import (
+    MAX_SET_SIZE,
+    MIN_SET_SIZE,
+    PathwayMask,
+    pathway_source,
+    read_gmt,
+)
+from training.normalize import (
+    Normalization,
+    gene_stats,
+    normalize_bulk,
+    scale_cells,
+    standardize,
+)
+from training.panel import DEFAULT_PANEL_SIZE, GenePanel, choose_panel, load_gene_ids
+from training.train import FitResult, Logger, TrainConfig, cross_validate, fit, predict
+
+KNOWN_ALIASES = {"cisplatin": ["Cisplatin", "CDDP"]}
+THRESHOLD_RULE = (
+    "P(sensitive) >= 0.5, fixed before training: the response loss is class-balanced "
+    "(pos_weight = n_resistant / n_sensitive), which puts the balanced-error decision point at "
+    "0.5. Not tuned on any data; bulk validation sensitivity/specificity at 0.5 are in metrics."
+)
+_VERSIONED = (
+    "torch",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "onnx",
+    "onnxruntime",
+    "anndata",
+    "h5py",
+    "click",
+)
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """Paths and data-side options of one training run."""
+
+    drug: str
+    bulk_expression: Path
+    ic50: list[Path]
+    targets: list[Path]
+    genesets: Path
+    gene_ids: list[Path]
+    holdout_lines: list[str] = field(default_factory=lambda: list(DEFAULT_HOLDOUT_LINES))
+    aliases: list[str] = field(default_factory=list)
+    label_quantile: float = 0.3
+    panel_size: int = DEFAULT_PANEL_SIZE
+    min_set_size: int = MIN_SET_SIZE
+    max_set_size: int = MAX_SET_SIZE
+
+
+@dataclass
+class Prepared:
+    """Everything training needs, derived from the inputs."""
+
+    inputs: TrainingInputs
+    bulk: BulkExpression
+    labels: Labels
+    panel: GenePanel
+    mask: PathwayMask
+    cell_norm: Normalization  # what the card carries (single-cell gene statistics)
+    bulk_norm: Normalization  # same steps, bulk gene statistics
+    bulk_x: np.ndarray  # float32 [training lines, panel]
+    y: np.ndarray  # float32 [training lines]
+    cells_x: np.ndarray  # float32 [cells with counts, panel], all targets stacked
+    targets: list[dict]  # per target file: cells, zero-count cells, panel genes present
+    aliases: list[str]
+
+
+def train_bundle(
+    inputs: TrainingInputs,
+    config: TrainConfig,
+    out_dir: str | Path,
+    cv_folds: int = 5,
+    log: Logger | None = None,
+    prepared: Prepared | None = None,
+    command: str | None = None,
+) -> dict:
+    """Fit the model, optionally cross-validate on bulk, and write the bundle; return the card."""
+    data = prepared if prepared is not None else prepare(inputs, log)
+    say = log or (lambda _msg: None)
+    cv = None
+    if cv_folds > 1:
+        say(f"{cv_folds}-fold bulk cross-validation (held-out plate lines excluded)")
+        cv = cross_validate(data.bulk_x, data.y, data.cells_x, data.mask.mask, config, cv_folds, log=say)
+        say(
+            f"CV AUROC {cv['auroc_mean']:.3f} +- {cv['auroc_sd']:.3f}, "
+            f"AUPR {cv['aupr_mean']:.3f} +- {cv['aupr_sd']:.3f}"
+        )
+    say("training the shipped model")
+    result = fit(data.bulk_x, data.y, data.cells_x, data.mask.mask, config, log=log)
+    val = result.val_metrics
+    say(
+        f"bulk validation ({val['n']} lines, {val['n_sensitive']} sensitive): "
+        f"AUROC {val['auroc']:.3f} AUPR {val['aupr']:.3f}, best epoch {result.best_epoch} "
+        f"of {result.epochs_run} run ({result.seconds:.1f} s on {result.device})"
+    )
+    bulk_pathways = predict(result.module, data.bulk_x)["pathways"]
+    cell_pathways = predict(result.module, data.cells_x)["pathways"]
+    card = make_card(
+        drug=inputs.drug,
+        aliases=data.aliases,
+        description=_description(data),
+        symbols=data.panel.symbols,
+        ensembl_ids=data.panel.ensembl_ids,
+        normalization=data.cell_norm.to_card(),
+        pathway_names=data.mask.names,
+        pathway_source=pathway_source(inputs.genesets),
+        reference_pathways={
+            "bulk_mean": bulk_pathways.mean(axis=0).tolist(),
+            "single_cell_mean": cell_pathways.mean(axis=0).tolist(),
+        },
+        threshold={"value": 0.5, "rule": THRESHOLD_RULE},
+        training=_training_record(data, config, result, command),
+        metrics={
+            "bulk_validation": {
+                **val,
+                "split": f"stratified {config.val_fraction:g} of the training lines "
+                "(also used for early stopping)",
+            },
+            "bulk_cross_validation": cv,
+        },
+    )
+    card = export_bundle(out_dir, result.module, card, data.cells_x)
+    parity = card["metrics"]["onnx_parity"]["max_abs_diff"]
+    say(
+        f"wrote {Path(out_dir)} (ONNX/torch parity on {len(data.cells_x)} cells: "
+        f"max |diff| {max(parity.values()):.2g})"
+    )
+    return card
+
+
+def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
+    """Load and label bulk data, choose the panel, and normalise both domains."""
+    say = log or (lambda _msg: None)
+    holdout = [normalize_line_name(x) for x in inputs.holdout_lines]
+    bulk = load_bulk_expression(inputs.bulk_expression)
+    say(
+        f"bulk expression: {len(bulk.lines)} lines x {len(bulk.genes)} genes "
+        f"({int(bulk.placeholder.sum())} placeholder genes)"
+    )
+    aliases = _aliases(inputs)
+    entries = load_ic50_entries(inputs.ic50, inputs.drug, aliases)
+    labels = make_labels(entries, bulk.lines, holdout, LabelRule(inputs.label_quantile))
+    aliases = _dedupe(aliases + [e.drug_name for e in entries], inputs.drug)
+    balance = labels.class_balance()
+    say(
+        f"labels ({len(entries)} IC50 entries, rule: quantile {inputs.label_quantile:g}, "
+        f"threshold z {labels.threshold:.3f}): {balance['sensitive']} sensitive / "
+        f"{balance['resistant']} resistant training lines"
+    )
+    calls = ", ".join(
+        f"{k}={'sensitive' if v else 'resistant' if v is not None else 'no IC50'}"
+        for k, v in labels.holdout_calls.items()
+    )
+    say(f"held-out lines by the label rule: {calls or 'none given'}")
+    cells = [load_single_cell(p) for p in inputs.targets]
+    panel, mask = choose_panel(
+        bulk,
+        labels.train_lines,
+        [c.features for c in cells],
+        read_gmt(inputs.genesets),
+        load_gene_ids(inputs.gene_ids),
+        inputs.panel_size,
+        inputs.min_set_size,
+        inputs.max_set_size,
+    )
+    say(f"panel: {len(panel.symbols)} genes, {len(mask.names)} pathways ({panel.report})")
+    base = Normalization()
+    scaled = [scale_cells(c.counts, c.features, panel.symbols, panel.ensembl_ids, base) for c in cells]
+    cell_norm = base.with_gene_stats(*gene_stats(scaled))
+    blocks, targets = [], []
+    for c, (y_cells, present, zero) in zip(cells, scaled, strict=True):
+        values = standardize(y_cells, present, zero, cell_norm)
+        blocks.append(values[~zero])
+        targets.append(
+            {
+                "file": c.path.name,
+                "sha256": sha256_file(c.path),
+                "counts_matrix": c.source,
+                "cells": len(c.cell_ids),
+                "cells_used": int((~zero).sum()),
+                "zero_count_cells": int(zero.sum()),
+                "panel_genes_present": int(present.sum()),
+            }
+        )
+    cells_x = np.concatenate(blocks)
+    bulk_scaled = normalize_bulk(bulk.rows(labels.train_lines)[:, panel.bulk_index], base)
+    bulk_norm = base.with_gene_stats(
+        *gene_stats(
+            [
+                (
+                    bulk_scaled.astype(np.float64),
+                    np.ones(len(panel.symbols), bool),
+                    np.zeros(len(bulk_scaled), bool),
+                )
+            ]
+        )
+    )
+    bulk_x = normalize_bulk(bulk.rows(labels.train_lines)[:, panel.bulk_index], bulk_norm)
+    say(f"targets: {len(cells_x)} cells with counts from {len(cells)} file(s)")
+    return Prepared(
+        inputs,
+        bulk,
+        labels,
+        panel,
+        mask,
+        cell_norm,
+        bulk_norm,
+        bulk_x,
+        labels.y_train,
+        cells_x,
+        targets,
+        aliases,
+    )
+
+
+def _training_record(data: Prepared, config: TrainConfig, result: FitResult, command: str | None) -> dict:
+    """The card's `training` block: data provenance, label rule, panel, options, versions."""
+    inputs = data.inputs
+    labels = data.labels
+
+    def file_record(path: Path) -> dict:
+        return {"file": Path(path).name, "sha256": sha256_file(path)}
+
+    return {
+        "command": command,
+        "data": {
+            "bulk_expression": file_record(inputs.bulk_expression),
+            "ic50": [file_record(p) for p in inputs.ic50],
+            "targets": data.targets,
+            "genesets": file_record(inputs.genesets),
+            "gene_ids": [file_record(p) for p in inputs.gene_ids],
+        },
+        "label_rule": {
+            "description": labels.rule.describe(),
+            "quantile": labels.rule.quantile,
+            "threshold_score": labels.threshold,
+            "entries": [
+                {
+                    "file": e.source,
+                    "entry": e.number,
+                    "drug_name": e.drug_name,
+                    "lines": len(e.ln_ic50),
+                    "dropped_ambiguous_names": e.collisions,
+                }
+                for e in labels.entries
+            ],
+            "class_balance": labels.class_balance(),
+            "training_lines": len(labels.train_lines),
+        },
+        "holdout_lines": list(labels.holdout_calls),
+        "holdout_label_calls": {
+            k: (None if v is None else ("sensitive" if v else "resistant"))
+            for k, v in labels.holdout_calls.items()
+        },
+        "panel": {
+            "rule": "pathway-member genes present in both domains (signal-carrying bulk genes "
+            "with a unique Ensembl ID, present in every target file), capped at the highest "
+            "training-bulk variance; every panel gene is in >= 1 kept pathway",
+            "cap": inputs.panel_size,
+            "min_set_size": inputs.min_set_size,
+            "max_set_size": inputs.max_set_size,
+            "steps": data.panel.report,
+        },
+        "reference_pathways": "bulk_mean: mean pathway activities of the training bulk lines; "
+        "single_cell_mean: of the target cells used in training (attribution baselines)",
+        "gene_standardization": "per domain during training: bulk rows with the training "
+        "lines' means/SDs, cells with the target cells' means/SDs (label-free); the card "
+        "holds the single-cell statistics",
+        "bulk_gene_stats": {
+            "gene_mean": data.bulk_norm.gene_mean,
+            "gene_std": data.bulk_norm.gene_std,
+        },
+        "architecture": {
+            "encoder": f"Dropout({config.input_dropout:g}) -> Linear({len(data.panel.symbols)}, "
+            f"{config.hidden}) -> ReLU -> Dropout({config.dropout:g}) -> "
+            f"Linear({config.hidden}, {len(data.mask.names)})",
+            "pathway_layer": "one node per kept gene set",
+            "decoder": "pathway-masked linear, weights exist only at pathway membership",
+            "head": (
+                f"Linear({len(data.mask.names)}, {config.head_hidden}) -> ReLU -> "
+                f"Linear({config.head_hidden}, 1)"
+            )
+            if config.head_hidden > 0
+            else f"Linear({len(data.mask.names)}, 1)",
+            "alignment": config.alignment,
+        },
+        "options": config.to_card(),
+        "seed": config.seed,
+        "epochs": {"max": config.epochs, "run": result.epochs_run, "best": result.best_epoch},
+        "validation_split": {
+            "train_lines": len(result.train_index),
+            "validation_lines": len(result.val_index),
+        },
+        "device": result.device,
+        "fit_seconds": round(result.seconds, 2),
+        "versions": _versions(),
+    }
+
+
+def _description(data: Prepared) -> str:
+    """The card's one-line description."""
+    return (
+        f"P(sensitive to {data.inputs.drug}) per cell; trained on {len(data.labels.train_lines)} "
+        f"GDSC bulk lines and transferred to single cells through {len(data.mask.names)} "
+        f"{pathway_source(data.inputs.genesets).split(' (')[0]} pathway nodes"
+    )
+
+
+def _aliases(inputs: TrainingInputs) -> list[str]:
+    """Known aliases of the drug plus those the user gave."""
+    return _dedupe(KNOWN_ALIASES.get(inputs.drug.lower(), []) + list(inputs.aliases), inputs.drug)
+
+
+def _dedupe(names: list[str], drug: str) -> list[str]:
+    """Names in order, exact duplicates and the drug's own lower-case name removed."""
+    out: list[str] = []
+    for name in names:
+        if name and name != drug.lower() and name not in out:
+            out.append(name)
+    return out
+
+
+def _versions() -> dict[str, str | None]:
+    """Python and package versions of this run."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["platform"] = sys.platform
+    return versions
+
+
+__all__ = ["DataError", "Prepared", "TrainingInputs", "prepare", "train_bundle"]
