@@ -238,9 +238,10 @@ def stage_peer(path: Path, bundle: Path) -> dict:
 
     from scoring.bundle import load_bundle
     from scoring.genes import match_genes
+    from training.explain import onnx_as_torch
 
     b = load_bundle(bundle)
-    net = _torch_from_onnx(b.model_bytes)
+    net = onnx_as_torch(b.path / "model.onnx", output="probability", dtype=torch.float32)
     norm = b.normalization
     t0 = time.perf_counter()
     adata = ad.read_h5ad(path)
@@ -286,44 +287,6 @@ def stage_celltypist(path: Path, bundle: Path) -> dict:
     sc.pp.log1p(adata)
     celltypist.annotate(adata, model=model, majority_voting=False)
     return {"cells": adata.n_obs, "seconds": time.perf_counter() - t0}
-
-
-def _torch_from_onnx(model_bytes: bytes):
-    """The same network in torch: interpret the ONNX graph's nodes with torch ops."""
-    import onnx
-    import torch
-    from onnx import numpy_helper
-
-    graph = onnx.load_from_string(model_bytes).graph
-    consts = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
-    ops = {
-        "MatMul": lambda a, b: a @ b, "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul,
-        "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh,
-        "Identity": lambda a: a,
-        "Squeeze": lambda a, axes=None: a.squeeze(-1),
-        "Reshape": lambda a, shape: a.reshape(-1) if shape.numel() == 1 else a.reshape(*shape.tolist()),
-    }
-
-    def gemm(node, a, b, c=None):
-        at = {x.name: x for x in node.attribute}
-        if "transB" in at and at["transB"].i:
-            b = b.T
-        y = a @ b
-        return y + c if c is not None else y
-
-    def run(x):
-        env = {**consts, graph.input[0].name: x}
-        for node in graph.node:
-            args = [env[i] for i in node.input if i]
-            if node.op_type == "Gemm":
-                env[node.output[0]] = gemm(node, *args)
-            elif node.op_type == "Constant":
-                env[node.output[0]] = torch.from_numpy(numpy_helper.to_array(node.attribute[0].t).copy())
-            else:
-                env[node.output[0]] = ops[node.op_type](*args)
-        return [env[o.name] for o in graph.output]
-
-    return run
 
 
 STAGES = {
