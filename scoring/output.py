@@ -1,6 +1,7 @@
 """Per-cell tables and JSON summaries, written to a temporary file and renamed into place."""
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -236,17 +237,11 @@ class ExplainWriter:
             self._counts[key] = self._counts.get(key, 0) + int(rows.sum())
 
     def _write_group_csv(self) -> None:
-        fd, name = tempfile.mkstemp(prefix=f".{self.group_csv.name}.", suffix=".tmp",
-                                    dir=self.group_csv.parent)
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh, lineterminator="\n")
-                w.writerow(["grouping", "group", "n_cells", "pathway", "mean_attribution"])
-                for key in sorted(self._sums):
-                    mean = self._sums[key] / self._counts[key]
-                    for pname, v in zip(self.pathway_names, mean.tolist()):
-                        w.writerow([key[0], key[1], self._counts[key], pname, FLOAT_FORMAT % v])
-            publish(Path(name), self.group_csv)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["grouping", "group", "n_cells", "pathway", "mean_attribution"])
+        for key in sorted(self._sums):
+            mean = self._sums[key] / self._counts[key]
+            for pname, v in zip(self.pathway_names, mean.tolist()):
+                w.writerow([key[0], key[1], self._counts[key], pname, FLOAT_FORMAT % v])
+        publish_text(self.group_csv, buf.getvalue())
