@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from scoring.engine import DEFAULT_CHUNK_SIZE, ExplainSettings, score
 from scoring.errors import InputError
-from scoring.h5ad import _looks_like_counts as looks_like_counts
+from scoring.h5ad import looks_like_counts
 
 
 def annotate(

@@ -7,6 +7,7 @@ traceback unless ``SCDR_DEBUG=1``.
 import glob
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -192,7 +193,7 @@ def models_command(as_json: bool) -> None:
             "pathways": len(card["pathways"]["names"]),
             "pathway_source": card["pathways"].get("source", ""),
             "threshold": card["threshold"]["value"],
-            "bulk_cv_auroc": metrics.get("bulk_cross_validation", {}).get("auroc_mean"),
+            "bulk_cv_auroc": (metrics.get("bulk_cross_validation") or {}).get("auroc_mean"),
             "description": card.get("description", ""),
             "path": str(path),
         })
@@ -241,8 +242,14 @@ def _output_paths(drug_names: list[str], output: str | None,
     return paths
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (a pipeline's timeout, a batch system) is handled like Ctrl-C: outputs aborted."""
+    raise KeyboardInterrupt
+
+
 def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> None:
     """Run, turning every failure into one line on stderr, an exit code and a summary."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         result = run()
         result["status"] = "ok"

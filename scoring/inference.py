@@ -24,15 +24,33 @@ class Predictor:
         return list(self.session.get_providers())
 
     def predict(self, expression: np.ndarray) -> dict[str, np.ndarray]:
-        """``probability``, ``logit`` [n] and ``pathways`` [n, n_pathways] for a float32 batch."""
+        """``probability``, ``logit`` [n] and ``pathways`` [n, n_pathways] for a float32 batch,
+        refusing outputs of the wrong size or not finite rather than writing them as calls."""
         x = np.ascontiguousarray(expression, dtype=np.float32)
-        prob, logit, pathways = self.session.run(
-            ["probability", "logit", "pathways"], {"expression": x}
-        )
+        try:
+            prob, logit, pathways = self.session.run(
+                ["probability", "logit", "pathways"], {"expression": x}
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise BundleError(f"{self.bundle.path}/model.onnx failed to run ({msg})") from None
+        n, n_paths = x.shape[0], len(self.bundle.pathway_names)
+        out = {"probability": np.asarray(prob), "logit": np.asarray(logit),
+               "pathways": np.asarray(pathways)}
+        if out["probability"].size != n or out["logit"].size != n \
+                or out["pathways"].size != n * n_paths:
+            raise BundleError(
+                f"{self.bundle.path}/model.onnx returned outputs of shapes "
+                f"{', '.join(str(v.shape) for v in out.values())} for {n} cells and "
+                f"{n_paths} pathways; it does not follow the bundle contract")
+        prob_ok = np.all((out["probability"] >= 0) & (out["probability"] <= 1))
+        if not (prob_ok and np.all(np.isfinite(out["logit"])) and np.all(np.isfinite(out["pathways"]))):
+            raise BundleError(f"{self.bundle.path}/model.onnx returned NaN, infinite or out-of-range "
+                              "values on finite input; the model is broken")
         return {
-            "probability": prob.reshape(-1),
-            "logit": logit.reshape(-1),
-            "pathways": pathways.reshape(x.shape[0], -1),
+            "probability": out["probability"].reshape(-1),
+            "logit": out["logit"].reshape(-1),
+            "pathways": out["pathways"].reshape(n, n_paths),
         }
 
 
@@ -51,9 +69,10 @@ def make_session(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
+    options.use_deterministic_compute = True
     if threads:
         options.intra_op_num_threads = int(threads)
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: failures reach the user as one BundleError line
     try:
         return ort.InferenceSession(model_bytes, sess_options=options, providers=providers_for(device))
     except ScdrError:
@@ -98,3 +117,8 @@ def _check_signature(session: ort.InferenceSession, bundle: Bundle) -> None:
             f"{bundle.path}/model.onnx expects {dims[1] if len(dims) == 2 else dims} genes "
             f"but the card lists {n_genes}"
         )
+    paths = next(o for o in session.get_outputs() if o.name == "pathways").shape
+    n_paths = len(bundle.pathway_names)
+    if len(paths) == 2 and isinstance(paths[1], int) and paths[1] != n_paths:
+        raise BundleError(f"{bundle.path}/model.onnx has {paths[1]} pathway outputs but the card "
+                          f"names {n_paths}")

@@ -124,8 +124,8 @@ def reference_normalize(
             x = np.log1p(x)
         if card_norm["cell_zscore"]:
             v = x[present]
-            sd = v.std()
-            x = (x - v.mean()) / sd if sd > 0 else np.zeros(n_panel)
+            sd = 0.0 if np.all(v == v[0]) else v.std()  # numpy's mean of equal values can be
+            x = (x - v.mean()) / sd if sd > 0 else np.zeros(n_panel)  # 1 ulp off: a fake SD
         if mean_g is not None:
             x = (x - np.asarray(mean_g)) / np.asarray(std_g)
         if card_norm.get("clip") is not None:
