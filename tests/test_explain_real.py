@@ -65,3 +65,15 @@ def test_gene_attributions_agree_with_captum_on_a_few_cells(example_counts):
     for a, r in zip(ours.values, ref):
         assert spearmanr(a, r).statistic >= 0.99
         assert np.abs(a - r).max() <= 0.05 * np.abs(r).max()
+
+
+@pytest.mark.parametrize("baseline", ["bulk_mean", "single_cell_mean"])
+def test_stored_reference_baselines_are_complete(baseline):
+    from training.explain import captum_attributions
+
+    b = load_bundle(BUNDLE)
+    ref_vector = np.asarray(b.card["reference_pathways"][baseline], dtype=np.float32)
+    t = score(EXAMPLE, model=BUNDLE, explain=ExplainSettings(steps=32, baseline=baseline))
+    assert np.median(t.ig_gap) < 0.01  # sums to logit(cell) - logit(reference)
+    ref = captum_attributions(BUNDLE, t.pathways[:20], "pathway", baseline=ref_vector, steps=32)
+    np.testing.assert_allclose(t.attributions[:20], ref, atol=0.03 * np.abs(ref).max())
