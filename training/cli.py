@@ -118,6 +118,13 @@ _DEFAULTS = TrainConfig()
     help="Sensitive = pooled robust z of ln IC50 at or below this quantile.",
 )
 @click.option(
+    "--label-z",
+    type=float,
+    default=None,
+    help="Sensitive = pooled robust z of ln IC50 at or below this value (replaces "
+    "--label-quantile; the shipped targeted drugs use -1.5, see training/drugs.py).",
+)
+@click.option(
     "--panel-size",
     type=click.IntRange(1),
     default=DEFAULT_PANEL_SIZE,
@@ -176,6 +183,7 @@ def main(**opts: object) -> None:
         holdout_lines=holdout,
         aliases=list(opts["aliases"]),
         label_quantile=float(opts["label_quantile"]),
+        label_z=None if opts["label_z"] is None else float(opts["label_z"]),
         panel_size=int(opts["panel_size"]),
         min_set_size=int(opts["min_set_size"]),
         max_set_size=int(opts["max_set_size"]),

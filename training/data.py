@@ -53,21 +53,31 @@ class Ic50Entry:
 
 @dataclass(frozen=True)
 class LabelRule:
-    """Sensitive = pooled robust z of ln IC50 at or below the `quantile` of the training lines."""
+    """Sensitive = pooled robust z of ln IC50 at or below a quantile, or at or below a fixed z."""
 
     quantile: float = 0.3
+    z_max: float | None = None  # when set, replaces the quantile: sensitive = score <= z_max
 
     def describe(self) -> str:
         """The rule in one paragraph, for the card and the help text."""
+        if self.z_max is not None:
+            cut = (
+                f"Lines with score <= {self.z_max:g} (ln IC50 at least {-self.z_max:g} robust SDs "
+                "below the median: the sensitive tail of a targeted drug) are 'sensitive', the "
+                "rest 'resistant'."
+            )
+        else:
+            cut = (
+                f"Lines with score <= the {self.quantile:g} quantile of the training lines' "
+                "scores are 'sensitive', the rest 'resistant'."
+            )
         return (
             "Per GDSC compound entry (a contiguous block of rows of one IC50 file), ln IC50 is "
             "turned into a robust z-score, (ln IC50 - median) / (1.4826 * MAD), with median and "
             "MAD over the entry's training lines (expression present, held-out lines excluded); "
             "names that collide after normalisation within an entry are dropped as ambiguous. "
-            "A line's score is the mean of its z over the entries that screened it. Lines with "
-            f"score <= the {self.quantile:g} quantile of the training lines' scores are "
-            "'sensitive', the rest 'resistant'. Held-out lines get the same threshold, for "
-            "reporting only."
+            "A line's score is the mean of its z over the entries that screened it. "
+            f"{cut} Held-out lines get the same threshold, for reporting only."
         )
 
 
@@ -171,7 +181,7 @@ def make_labels(
     holdout_lines: list[str],
     rule: LabelRule,
 ) -> Labels:
-    """Apply the label rule: pooled robust z of ln IC50 per line, thresholded at a quantile."""
+    """Apply the label rule: pooled robust z of ln IC50 per line, thresholded (quantile or z)."""
     if not 0.0 < rule.quantile < 1.0:
         raise DataError(f"label quantile must be in (0, 1), got {rule.quantile}")
     known = set(expression_lines)
@@ -191,7 +201,10 @@ def make_labels(
         raise DataError("no IC50 entry has at least 10 lines that are in the expression matrix")
     score = pd.concat(zs, axis=1).mean(axis=1).sort_index()
     train_score = score[~score.index.isin(holdout)]
-    threshold = float(np.quantile(train_score.to_numpy(), rule.quantile))
+    if rule.z_max is not None:
+        threshold = float(rule.z_max)
+    else:
+        threshold = float(np.quantile(train_score.to_numpy(), rule.quantile))
     sensitive = score <= threshold
     train_lines = sorted(train_score.index)
     n_pos = int(sensitive.loc[train_lines].sum())

@@ -27,6 +27,7 @@ from training.data import (
     normalize_line_name,
     sha256_file,
 )
+from training.drugs import find_drug
 from training.export import export_bundle, make_card
 from training.genesets import (
     MAX_SET_SIZE,
@@ -45,7 +46,6 @@ from training.normalize import (
 from training.panel import DEFAULT_PANEL_SIZE, GenePanel, choose_panel, load_gene_ids
 from training.train import FitResult, Logger, TrainConfig, cross_validate, fit, predict
 
-KNOWN_ALIASES = {"cisplatin": ["Cisplatin", "CDDP"]}
 THRESHOLD_RULE = (
     "P(sensitive) >= 0.5, fixed before training: the response loss is class-balanced "
     "(pos_weight = n_resistant / n_sensitive), which puts the balanced-error decision point at "
@@ -78,6 +78,7 @@ class TrainingInputs:
     holdout_lines: list[str] = field(default_factory=lambda: list(DEFAULT_HOLDOUT_LINES))
     aliases: list[str] = field(default_factory=list)
     label_quantile: float = 0.3
+    label_z: float | None = None  # fixed z cut instead of the quantile (targeted drugs)
     panel_size: int = DEFAULT_PANEL_SIZE
     min_set_size: int = MIN_SET_SIZE
     max_set_size: int = MAX_SET_SIZE
@@ -175,11 +176,13 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
     )
     aliases = _aliases(inputs)
     entries = load_ic50_entries(inputs.ic50, inputs.drug, aliases)
-    labels = make_labels(entries, bulk.lines, holdout, LabelRule(inputs.label_quantile))
+    rule = LabelRule(inputs.label_quantile, inputs.label_z)
+    labels = make_labels(entries, bulk.lines, holdout, rule)
     aliases = _dedupe(aliases + [e.drug_name for e in entries], inputs.drug)
     balance = labels.class_balance()
     say(
-        f"labels ({len(entries)} IC50 entries, rule: quantile {inputs.label_quantile:g}, "
+        f"labels ({len(entries)} IC50 entries, rule: "
+        f"{f'z <= {rule.z_max:g}' if rule.z_max is not None else f'quantile {rule.quantile:g}'}, "
         f"threshold z {labels.threshold:.3f}): {balance['sensitive']} sensitive / "
         f"{balance['resistant']} resistant training lines"
     )
@@ -268,7 +271,8 @@ def _training_record(data: Prepared, config: TrainConfig, result: FitResult, com
         },
         "label_rule": {
             "description": labels.rule.describe(),
-            "quantile": labels.rule.quantile,
+            "quantile": None if labels.rule.z_max is not None else labels.rule.quantile,
+            "z_max": labels.rule.z_max,
             "threshold_score": labels.threshold,
             "entries": [
                 {
@@ -343,8 +347,10 @@ def _description(data: Prepared) -> str:
 
 
 def _aliases(inputs: TrainingInputs) -> list[str]:
-    """Known aliases of the drug plus those the user gave."""
-    return _dedupe(KNOWN_ALIASES.get(inputs.drug.lower(), []) + list(inputs.aliases), inputs.drug)
+    """Known aliases of the drug (training.drugs) plus those the user gave."""
+    spec = find_drug(inputs.drug)
+    known = list(spec.aliases) if spec is not None else []
+    return _dedupe(known + list(inputs.aliases), inputs.drug)
 
 
 def _dedupe(names: list[str], drug: str) -> list[str]:

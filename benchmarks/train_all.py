@@ -1,0 +1,240 @@
+"""Train every shipped bundle with one command, and write the model table of exported_models/README.md.
+
+    python benchmarks/train_all.py --data ../shared/data [--drugs erlotinib,gefitinib] [--seed 0]
+    python benchmarks/train_all.py --data ../shared/data --label-report   # bulk-only rule check
+    python benchmarks/train_all.py --table                                # README model table
+
+Each drug of `training.drugs.DRUGS` is trained exactly as `scdr-train` would (same pipeline,
+default architecture and loss weights, 5-fold bulk CV for the card, the five sc_mixology lines
+held out of bulk training and of every choice) into `exported_models/<drug>/`. Targeted drugs
+use the tail label rule (z <= -1.5), the others the 0.3 quantile; `training/drugs.py` says why.
+Runs are deterministic for a seed: rerunning reproduces both ONNX files byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.data import (  # noqa: E402
+    DEFAULT_HOLDOUT_LINES,
+    LabelRule,
+    load_ic50_entries,
+    make_labels,
+    normalize_line_name,
+)
+from training.drugs import DEFAULT_QUANTILE, DRUGS, TARGETED_Z_MAX, DrugSpec  # noqa: E402
+from training.pipeline import TrainingInputs, prepare, train_bundle  # noqa: E402
+from training.train import TrainConfig, cross_validate, stderr_logger  # noqa: E402
+
+MODELS = ROOT / "exported_models"
+EVALUATION_CSV = ROOT / "benchmarks" / "results" / "evaluation.csv"
+TABLE_BEGIN = "<!-- model-table:begin (written by benchmarks/train_all.py --table) -->"
+TABLE_END = "<!-- model-table:end -->"
+NOT_SHIPPED: dict[str, str] = {}  # drug -> reason GDSC cannot support it (none at present)
+
+
+def inputs_for(spec: DrugSpec, data: Path) -> TrainingInputs:
+    """The training inputs of one shipped drug, from the public data folder."""
+    return TrainingInputs(
+        drug=spec.name,
+        bulk_expression=data / "bulk" / "gdsc_expression.csv.gz",
+        ic50=[data / "bulk" / "GDSC1_IC50.csv.gz", data / "bulk" / "GDSC2_IC50.csv.gz"],
+        targets=[data / "singlecell" / f"sc_celseq2_5cl_p{i}.h5ad" for i in (1, 2, 3)],
+        genesets=data / "genesets" / "h.all.v7.0.symbols.gmt",
+        gene_ids=[data / "genes" / "hgnc_genes.tsv.gz", data / "genes" / "gencode_v22_genes.tsv.gz"],
+        holdout_lines=list(DEFAULT_HOLDOUT_LINES),
+        aliases=list(spec.aliases),
+        label_quantile=DEFAULT_QUANTILE,
+        label_z=spec.label_z,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train the selected drugs, or print the label report, or write the README table."""
+    args = _parse(argv)
+    if args.table:
+        write_table(MODELS / "README.md")
+        return 0
+    specs = [s for s in DRUGS if not args.drugs or s.name in args.drugs.split(",")]
+    if args.label_report:
+        label_report(specs, Path(args.data))
+        return 0
+    for spec in specs:
+        started = time.perf_counter()
+        print(f"== {spec.name}", file=sys.stderr, flush=True)
+        if args.cv_only:
+            add_cv(spec, Path(args.data), TrainConfig(seed=args.seed, threads=args.threads), args.cv_folds)
+            print(f"{spec.name} (CV only): {time.perf_counter() - started:.0f} s", flush=True)
+            continue
+        command = f"python benchmarks/train_all.py --data DATA --drugs {spec.name} --seed {args.seed}"
+        config = TrainConfig(seed=args.seed, threads=args.threads, device=args.device)
+        train_bundle(
+            inputs_for(spec, Path(args.data)),
+            config,
+            MODELS / spec.name,
+            cv_folds=args.cv_folds,
+            log=None if args.quiet else stderr_logger,
+            command=command,
+        )
+        print(f"{spec.name}: {time.perf_counter() - started:.0f} s", flush=True)
+    return 0
+
+
+def add_cv(spec: DrugSpec, data: Path, config: TrainConfig, folds: int) -> None:
+    """Fill a bundle's bulk CV metrics after the fact (what the same command with CV would write).
+
+    The final fit reseeds torch, so it does not depend on whether CV ran before it; only the card's
+    `metrics.bulk_cross_validation` changes, the ONNX files and their sha256 do not.
+    """
+    card_path = MODELS / spec.name / "card.json"
+    card = json.loads(card_path.read_text())
+    if card["training"]["options"]["seed"] != config.seed:
+        raise SystemExit(f"{card_path} was trained with another seed")
+    prep = prepare(inputs_for(spec, data))
+    cv = cross_validate(prep.bulk_x, prep.y, prep.cells_x, prep.mask.mask, config, folds, log=stderr_logger)
+    card["metrics"]["bulk_cross_validation"] = cv
+    card_path.write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
+
+
+def label_report(specs: list[DrugSpec], data: Path) -> None:
+    """Bulk-only facts behind the label rule, and which plate lines each rule calls sensitive."""
+    lines = pd.read_csv(data / "bulk" / "gdsc_expression.csv.gz", usecols=[0]).iloc[:, 0]
+    known = [normalize_line_name(x) for x in lines]
+    holdout = list(DEFAULT_HOLDOUT_LINES)
+    print("drug | targeted | lines | q0.3 cut (z) | n sens q0.3 | n sens z<=-1.5 | % z<=-2 | "
+          "screen noise SD(z) | plate lines sensitive (rule used)")  # fmt: skip
+    ic50 = [data / "bulk" / "GDSC1_IC50.csv.gz", data / "bulk" / "GDSC2_IC50.csv.gz"]
+    for spec in specs:
+        entries = load_ic50_entries(ic50, spec.name, list(spec.aliases))
+        quant = make_labels(entries, known, holdout, LabelRule(DEFAULT_QUANTILE))
+        train = quant.score[quant.train_lines]
+        used = make_labels(entries, known, holdout, LabelRule(DEFAULT_QUANTILE, spec.label_z))
+        calls = [k for k, v in used.holdout_calls.items() if v]
+        print(
+            f"{spec.name} | {spec.targeted} | {len(train)} | {quant.threshold:.2f} | "
+            f"{int((train <= quant.threshold).sum())} | {int((train <= TARGETED_Z_MAX).sum())} | "
+            f"{100 * float((train <= -2).mean()):.1f} | {_screen_noise(entries, known, holdout)} | "
+            f"{','.join(calls) or 'none'}"
+        )
+
+
+def _screen_noise(entries: list, known: list[str], holdout: list[str]) -> str:
+    """SD of (z in entry a - z in entry b)/sqrt(2) over training lines screened twice: per-screen noise."""
+    zs = []
+    for entry in entries:
+        values = entry.ln_ic50[entry.ln_ic50.index.isin(known) & ~entry.ln_ic50.index.isin(holdout)]
+        median = values.median()
+        zs.append((values - median) / (1.4826 * (values - median).abs().median()))
+    if len(zs) < 2:
+        return "n/a (one screen)"
+    both = zs[0].index.intersection(zs[-1].index)
+    diff = (zs[0][both] - zs[-1][both]).to_numpy()
+    return f"{float(np.std(diff) / np.sqrt(2)):.2f} (n={len(both)})"
+
+
+def write_table(readme: Path) -> None:
+    """Regenerate the model table section of exported_models/README.md from cards and the CSV."""
+    evaluation = _evaluation_rows()
+    rows = [
+        "| drug (aliases) | label rule | training lines (sensitive / resistant) | plate lines "
+        "called sensitive | bulk 5-fold CV AUROC | AUPR | cells: pooled AUROC (seeds) | "
+        "line Spearman (seeds) | pathways | sha256 of model.onnx |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for spec in DRUGS:
+        card_path = MODELS / spec.name / "card.json"
+        if not card_path.is_file():
+            rows.append(f"| {spec.name} | not shipped: {NOT_SHIPPED.get(spec.name, 'not trained yet')} |"
+                        + " |" * 8)  # fmt: skip
+            continue
+        card = json.loads(card_path.read_text())
+        training = card["training"]
+        rule = training["label_rule"]
+        balance = rule["class_balance"]
+        cv = card["metrics"].get("bulk_cross_validation") or {}
+        calls = [k for k, v in training["holdout_label_calls"].items() if v == "sensitive"]
+        ev = evaluation.get(spec.name, {})
+        rule_text = f"z <= {rule['z_max']:g}" if rule.get("z_max") is not None else f"q {rule['quantile']:g}"
+        rows.append(
+            f"| {spec.name} ({', '.join(card['aliases'])}) | {rule_text} | "
+            f"{training['label_rule']['training_lines']} ({balance['sensitive']} / {balance['resistant']}) | "
+            f"{', '.join(calls) or 'none'} | "
+            f"{_pm(cv.get('auroc_mean'), cv.get('auroc_sd'))} | "
+            f"{_pm(cv.get('aupr_mean'), cv.get('aupr_sd'))} | "
+            f"{ev.get('auroc', 'not evaluated')} | {ev.get('spearman', 'not evaluated')} | "
+            f"{card['pathways']['source'].split(' (')[0]} ({len(card['pathways']['names'])}) | "
+            f"`{card['files']['model.onnx']['sha256']}` |"
+        )
+    section = "\n".join([TABLE_BEGIN, *rows, TABLE_END])
+    text = readme.read_text()
+    if TABLE_BEGIN in text:
+        head, rest = text.split(TABLE_BEGIN, 1)
+        text = head + section + rest.split(TABLE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Shipped models\n\n" + section + "\n"
+    readme.write_text(text)
+    print(section)
+
+
+def _evaluation_rows() -> dict[str, dict[str, str]]:
+    """Full-model single-cell figures per drug from benchmarks/results/evaluation.csv, if present."""
+    if not EVALUATION_CSV.is_file():
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    with EVALUATION_CSV.open() as handle:
+        for row in csv.DictReader(handle):
+            if row["method"] != "full (adversarial)":
+                continue
+            auroc = _pm(_num(row["pooled_auroc_mean"]), _num(row["pooled_auroc_sd"]))
+            out[row["drug"]] = {
+                "auroc": "line-level only" if auroc == "—" else auroc,
+                "spearman": _pm(_num(row["spearman_mean"]), _num(row["spearman_sd"])),
+            }
+    return out
+
+
+def _num(text: str) -> float | None:
+    """A CSV number, or None when empty/NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if np.isnan(value) else value
+
+
+def _pm(mean: float | None, sd: float | None) -> str:
+    """'mean ± sd' with 3 decimals, or a dash."""
+    if mean is None:
+        return "—"
+    return f"{mean:.3f} ± {sd:.3f}" if sd is not None else f"{mean:.3f}"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--drugs", default="", help="comma-separated subset (folder names)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cv-folds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy CPU)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--cv-only", action="store_true", help="add bulk CV to existing cards")
+    parser.add_argument("--label-report", action="store_true", help="print the bulk-only label facts")
+    parser.add_argument("--table", action="store_true", help="write the README model table")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
