@@ -18,8 +18,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import scipy.sparse as sp
 
-from training.panel import gene_key
-
 MIN_GENE_STD = 1e-8
 
 
@@ -143,14 +141,11 @@ def gene_stats(blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple
 
 
 def match_features(features: list[str], symbols: list[str], ensembl_ids: list[str | None]) -> np.ndarray:
-    """Panel index of each file feature by symbol or Ensembl key (scoring's rule); -1 if none."""
-    by_key: dict[str, int] = {}
-    for i, symbol in enumerate(symbols):
-        by_key.setdefault(gene_key(symbol), i)
-    for i, ens in enumerate(ensembl_ids):
-        if ens:
-            by_key.setdefault(gene_key(ens), i)
-    return np.array([by_key.get(gene_key(f), -1) for f in features], dtype=np.int64)
+    """Panel index of each file feature by symbol or Ensembl key; -1 if none. Scoring's own
+    matcher, so both halves map genes identically."""
+    from scoring.genes import match_genes
+
+    return match_genes(features, symbols, ensembl_ids).gene_map.astype(np.int64)
 
 
 def _cell_zscore(y: np.ndarray, present: np.ndarray) -> np.ndarray:
