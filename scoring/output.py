@@ -103,6 +103,7 @@ class TableWriter:
         self._tmp.close()
         publish(self._tmp_path, self.path)
         self._tmp = None
+        self._tmp_path = None
 
     def abort(self) -> None:
         """Remove the temp file; the target is left as it was."""
