@@ -636,6 +636,18 @@ def _read(ds: h5py.Dataset, selection: Any, what: str) -> np.ndarray:
         raise InputError(f"{what} cannot be read ({_short(e)}); the file is damaged") from None
 
 
+def _read_range(ds: h5py.Dataset, lo: int, hi: int, what: str) -> np.ndarray:
+    """``ds[lo:hi]`` of a 1-d dataset through ``read_direct`` (about 1.5x faster than h5py's
+    slicing on large ranges), with failures reported as ``_read`` does."""
+    out = np.empty(hi - lo, ds.dtype)
+    if hi > lo:
+        try:
+            ds.read_direct(out, np.s_[lo:hi], np.s_[0 : hi - lo])
+        except _H5_ERRORS as e:
+            raise InputError(f"{what} cannot be read ({_short(e)}); the file is damaged") from None
+    return out
+
+
 def _name_dtype(dtype: np.dtype) -> bool:
     """Whether names of this type can be read safely: strings (fixed or variable) or numbers,
     never variable-length sequences or references, whose conversion HDF5 may get wrong."""
@@ -708,8 +720,8 @@ class _CsrSource(_H5Source):
                              f"{self.n_vars:,} genes; the file is corrupt")
         for a, b in _split_rows(indptr, BLOCK_ENTRIES):
             p0, p1 = int(indptr[a]), int(indptr[b])
-            data = _read(self.data, slice(p0, p1), f"{self.location}/data")
-            indices = _read(self.indices, slice(p0, p1), f"{self.location}/indices")
+            data = _read_range(self.data, p0, p1, f"{self.location}/data")
+            indices = _read_range(self.indices, p0, p1, f"{self.location}/indices")
             yield start + a, start + b, (data, indices, indptr[a : b + 1] - p0)
 
 

@@ -16,6 +16,7 @@ STATUS_OK = 0
 STATUS_ZERO_COUNTS = 1
 STATUS_BAD_VALUE = 2
 STATUS_BAD_INDEX = 3
+SCRATCH = 16  # accumulator slots for genes outside the panel
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,24 @@ def normalize_chunk(
 @numba.njit(parallel=True, cache=True)
 def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1p,
                    cell_zscore, gene_mean, gene_std, clip, out, status):  # pragma: no cover
-    """Per cell: accumulate panel counts, log-transform the touched genes, then one
-    vectorisable pass ``z = y * a_g + b_g`` (z-score and gene affine folded, absent genes 0)."""
+    """Per cell, each stored entry is touched once by a vectorised check-and-sum pass and once
+    by a branch-free gather (genes outside the panel land in scratch slots); then the touched
+    panel genes are log-transformed and one vectorised pass applies ``z = y * a_g + b_g``
+    (z-score and gene affine folded, absent genes 0)."""
     n_cells = indptr.shape[0] - 1
     n_panel = out.shape[1]
     n_vars = gene_map.shape[0]
+    # panel index, or one of SCRATCH slots past the panel: spreading the genes outside the
+    # panel over several slots keeps their adds from queuing on one memory location
+    slot = np.empty(n_vars, np.int32)
+    for j in range(n_vars):
+        slot[j] = gene_map[j] if gene_map[j] >= 0 else n_panel + j % SCRATCH
     n_present = 0
     for g in range(n_panel):
         n_present += present[g]
     # per-gene factors with the absent-gene mask folded in: z = ((y - mu) / sd - m_g) / s_g
-    scale_g = np.zeros(n_panel)
-    shift_g = np.zeros(n_panel)
+    scale_g = np.zeros(n_panel, np.float32)
+    shift_g = np.zeros(n_panel, np.float32)
     for g in range(n_panel):
         if present[g]:
             if gene_mean.shape[0] == n_panel:
@@ -96,49 +104,39 @@ def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1
                 shift_g[g] = -gene_mean[g] / gene_std[g]
             else:
                 scale_g[g] = 1.0
-    lo_clip = -clip if clip > 0.0 else -np.inf
-    hi_clip = clip if clip > 0.0 else np.inf
+    lo_clip = np.float32(-clip if clip > 0.0 else -np.inf)
+    hi_clip = np.float32(clip if clip > 0.0 else np.inf)
     for i in numba.prange(n_cells):
+        lo, hi = indptr[i], indptr[i + 1]
+        lib, bad_value, bad_index = _check_and_sum(data[lo:hi], indices[lo:hi], n_vars)
         row = out[i]
-        row[:] = 0.0
-        touched = np.empty(indptr[i + 1] - indptr[i], np.int64)
-        n_touched = 0
-        lib = 0.0
-        st = 0
-        for k in range(indptr[i], indptr[i + 1]):
-            v = data[k]
-            j = indices[k]
-            if not (v >= 0.0) or v == np.inf:
-                st = 2
-                break
-            if j < 0 or j >= n_vars:
-                st = 3
-                break
-            lib += v
-            p = gene_map[j]
-            if p >= 0 and v > 0.0:
-                if row[p] == 0.0:
-                    touched[n_touched] = p
-                    n_touched += 1
-                row[p] += v
-        if st != 0:
-            status[i] = st
+        if bad_value or bad_index:
+            row[:] = 0.0
+            status[i] = 2 if bad_value else 3
             continue
         if lib <= 0.0:
             row[:] = 0.0
             status[i] = 1
             continue
+        acc = np.zeros(n_panel + SCRATCH, np.float32)
+        for k in range(lo, hi):
+            acc[slot[indices[k]]] += data[k]
+        touched = np.empty(n_panel, np.int32)
+        n_touched = 0
+        for g in range(n_panel):
+            touched[n_touched] = g
+            n_touched += acc[g] > 0.0
+        scale = np.float32(target_sum / lib if target_sum > 0.0 else 1.0)
         vals = np.empty(n_touched, np.float32)
-        scale = target_sum / lib if target_sum > 0.0 else 1.0
         for t in range(n_touched):
-            vals[t] = np.float32(row[touched[t]] * scale)
+            vals[t] = acc[touched[t]] * scale
         if do_log1p:
             _log1p_inplace(vals)
         s1 = 0.0
         s2 = 0.0
         for t in range(n_touched):
             y = np.float64(vals[t])
-            row[touched[t]] = vals[t]
+            acc[touched[t]] = vals[t]
             s1 += y
             s2 += y * y
         mean = 0.0
@@ -147,11 +145,33 @@ def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1
             mean = s1 / n_present
             var = s2 / n_present - mean * mean
             inv_sd = 1.0 / np.sqrt(var) if var > 0.0 else 0.0
-        for g in range(n_panel):
-            a = scale_g[g] * inv_sd
-            z = row[g] * a + (shift_g[g] - mean * a)
-            row[g] = min(max(z, lo_clip), hi_clip)
+        _affine_clip(acc, scale_g, shift_g, np.float32(inv_sd), np.float32(mean * inv_sd),
+                     lo_clip, hi_clip, row)
         status[i] = 0
+
+
+@numba.njit(cache=True, fastmath={"reassoc", "contract"})
+def _check_and_sum(values, idx, n_vars):  # pragma: no cover
+    """Library size of one cell, and whether any value is negative/NaN/inf or any index is
+    outside ``[0, n_vars)``; branch-free so that it vectorises."""
+    lib = 0.0
+    bad_v = 0
+    bad_j = 0
+    for k in range(values.shape[0]):
+        v = values[k]
+        lib += v
+        bad_v |= not (v >= 0.0 and v < np.inf)
+        bad_j |= np.uint64(idx[k]) >= np.uint64(n_vars)
+    return lib, bad_v != 0, bad_j != 0
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _affine_clip(y, scale_g, shift_g, inv_sd, mean_inv_sd, lo, hi, row):  # pragma: no cover
+    """``row[g] = clip(y[g] * a_g + b_g)`` with the cell's z-score folded into a_g and b_g."""
+    for g in range(row.shape[0]):
+        a = scale_g[g] * inv_sd
+        z = y[g] * a + (shift_g[g] - mean_inv_sd * scale_g[g])
+        row[g] = min(max(z, lo), hi)
 
 
 @numba.njit(cache=True, fastmath={"afn", "contract"})
