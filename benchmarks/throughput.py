@@ -164,10 +164,10 @@ def _scorer_stages(path: Path, bundle: Path) -> dict:
     with open_counts(path) as src:
         match = match_genes(src.var_names, b.symbols, b.ensembl_ids)
         pred = make_predictor(b)
-        first = next(src.chunks(16))  # compile/warm the kernel outside the timings
+        first = next(src.chunks(16, prefetch=False))  # compile/warm the kernel outside the timings
         normalize_chunk(first.data, first.indices, first.indptr, match.gene_map, match.present,
                         b.normalization)
-        it = src.chunks(CHUNK)
+        it = src.chunks(CHUNK, prefetch=False)
         while True:
             t0 = time.perf_counter()
             chunk = next(it, None)

@@ -13,6 +13,7 @@ leaves the input file (external links, virtual datasets and external raw storage
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scoring.errors import InputError
+from scoring.storage import range_reader
 
 COUNT_LOCATIONS = ("layers/counts", "raw/X", "X")
 MAX_FEATURES = 1 << 22  # features (genes, peaks) a file may name: var names are read whole
@@ -62,10 +64,16 @@ class CountSource:
     var_names: list[str]
 
     def chunks(self, chunk_size: int, start: int = 0, stop: int | None = None,
-               obs_columns: Sequence[str] = ()) -> Iterator[Chunk]:
+               obs_columns: Sequence[str] = (), prefetch: bool = True) -> Iterator[Chunk]:
         """Yield the rows ``start:stop`` in chunks of at most ``chunk_size`` rows (fewer where
         they store more than ``BLOCK_ENTRIES`` entries), with the values of the named obs columns
-        (as strings) for those rows."""
+        (as strings) for those rows. With ``prefetch`` the next chunk is read on a worker thread
+        while the caller works on this one (same chunks, same order)."""
+        chunks = self._chunks(chunk_size, start, stop, obs_columns)
+        return _prefetched(chunks) if prefetch else chunks
+
+    def _chunks(self, chunk_size: int, start: int, stop: int | None,
+                obs_columns: Sequence[str]) -> Iterator[Chunk]:
         stop = self.n_obs if stop is None else min(stop, self.n_obs)
         columns = {name: self._obs_column(name) for name in obs_columns}
         for lo in range(start, stop, chunk_size):
@@ -704,6 +712,27 @@ class _H5Source(CountSource):
 
 
 class _CsrSource(_H5Source):
+    """CSR rows: ``data`` and ``indices`` by ``indptr`` ranges, read straight from the file where
+    their layout allows (``scoring.storage``), else by h5py."""
+
+    _direct: dict[str, Any] | None = None
+
+    def close(self) -> None:
+        for reader in (self._direct or {}).values():
+            if reader is not None:
+                reader.close()
+        super().close()
+
+    def _range(self, name: str, lo: int, hi: int) -> np.ndarray:
+        if self._direct is None:
+            self._direct = {key: range_reader(getattr(self, key), str(self.path),
+                                              f"{self.location}/{key}")
+                            for key in ("data", "indices")}
+        reader = self._direct[name]
+        if reader is None:
+            return _read_range(getattr(self, name), lo, hi, f"{self.location}/{name}")
+        return reader.read(lo, hi)
+
     def _read_blocks(
         self, start: int, stop: int
     ) -> Iterator[tuple[int, int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
@@ -720,8 +749,7 @@ class _CsrSource(_H5Source):
                              f"{self.n_vars:,} genes; the file is corrupt")
         for a, b in _split_rows(indptr, BLOCK_ENTRIES):
             p0, p1 = int(indptr[a]), int(indptr[b])
-            data = _read_range(self.data, p0, p1, f"{self.location}/data")
-            indices = _read_range(self.indices, p0, p1, f"{self.location}/indices")
+            data, indices = self._range("data", p0, p1), self._range("indices", p0, p1)
             yield start + a, start + b, (data, indices, indptr[a : b + 1] - p0)
 
 
@@ -879,6 +907,16 @@ class _ArraySource(CountSource):
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _prefetched(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """The same chunks, each next one read on a worker thread while the caller works on the
+    current one (direct reads and zlib release the interpreter lock); errors surface in order."""
+    with ThreadPoolExecutor(1, thread_name_prefix="scdr-read") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield chunk
 
 
 def _split_rows(indptr: np.ndarray, budget: int) -> Iterator[tuple[int, int]]:
