@@ -109,7 +109,7 @@ def _write_csr_blocks(f: h5py.File, counts: sp.csr_matrix, cells: int, p: float,
         indices.resize((nnz + block.nnz,))
         data[nnz:] = block.data
         indices[nnz:] = block.indices
-        indptr[lo + 1 : lo + block.shape[0] + 1] = block.indptr[1:] + nnz
+        indptr[lo + 1 : lo + block.shape[0] + 1] = block.indptr[1:].astype(np.int64) + nnz
         nnz += block.nnz
     return nnz
 

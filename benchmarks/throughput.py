@@ -4,8 +4,11 @@ otherwise run, on the same file and network, each in its own process (peak RSS f
     python benchmarks/throughput.py --cells 10000,200000,1000000 --density 10x [--peers]
     python benchmarks/throughput.py --quick          # small file, checks the table is produced
 
-Measured per file: the IO floor (h5py reading data+indices by indptr ranges), each stage of the
-scorer alone (read, normalise, forward), ``scdr-score`` end to end, ``scdr-score --explain``,
+Measured per file, page cache warmed first: the IO floor (h5py reading data+indices by indptr
+ranges; for gzip files also the parallel-decompression floor: chunks read with pread and inflated
+by zlib on 2 threads, nothing else), each stage of the scorer alone (read, normalise, forward),
+read -> normalise -> forward with and without reading the next chunk on a worker thread
+(``sequential``/``overlapped``), ``scdr-score`` end to end, ``scdr-score --explain``,
 and with ``--peers`` the peer pipeline (anndata.read_h5ad + scanpy normalize_total/log1p + panel
 subset + densify + torch forward of the same network) and celltypist's annotate with a model over
 the same panel. Prints a table, writes JSON and CSV under ``benchmarks/results/``.
@@ -41,11 +44,13 @@ CHUNK = 16384
 @click.option("--quick", is_flag=True, help="A 2,000-cell file, scorer stages only (for CI).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="JSON results path (default benchmarks/results/throughput_<density>.json).")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Also write a log-log PNG of cells/s and peak RSS against file size.")
 @click.option("--stage", default=None, hidden=True)
 @click.option("--file", "file_", default=None, hidden=True)
 def main(cells: str, density: str, compress: bool, drug: str, model: Path | None, peers: bool,
-         dask: bool, data_dir: Path, quick: bool, out: Path | None, stage: str | None,
-         file_: str | None) -> None:
+         dask: bool, data_dir: Path, quick: bool, out: Path | None, plot: Path | None,
+         stage: str | None, file_: str | None) -> None:
     """Run the benchmark and print the table."""
     bundle = model or _bundle_for(drug)
     if stage is not None:  # child process: one measurement
@@ -56,7 +61,9 @@ def main(cells: str, density: str, compress: bool, drug: str, model: Path | None
     rows = []
     for n in sizes:
         path = _ensure_file(data_dir, n, density, compress)
-        names = ["io", "read", "normalize", "forward", "scdr", "explain"]
+        _warm(path)
+        names = ["io", *(["io_parallel"] if compress else []), "read", "normalize", "forward",
+                 "sequential", "overlapped", "scdr", "explain"]
         if dask and not quick:
             names += ["dask1", "dask2"]
         if peers and not quick:
@@ -67,6 +74,9 @@ def main(cells: str, density: str, compress: bool, drug: str, model: Path | None
             _print_row(rows[-1], rows)
     out = out or RESULTS / f"throughput_{density}{'_gzip' if compress else ''}.json"
     _write(rows, out, bundle)
+    _print_ratios(rows)
+    if plot is not None:
+        _plot(rows, plot)
 
 
 def _bundle_for(drug: str) -> Path:
@@ -82,6 +92,13 @@ def _ensure_file(data_dir: Path, n: int, density: str, compress: bool) -> Path:
         subprocess.run([sys.executable, str(HERE / "make_atlas.py"), str(path), "--cells", str(n),
                         "--density", density, *(["--gzip"] if compress else [])], check=True)
     return path
+
+
+def _warm(path: Path) -> None:
+    """Read the file once so that every stage starts from the same warm page cache."""
+    with path.open("rb") as fh:
+        while fh.read(1 << 24):
+            pass
 
 
 def _measure(name: str, path: Path, bundle: Path) -> dict:
@@ -105,11 +122,67 @@ def _print_row(row: dict, rows: list[dict]) -> None:
     if "error" in row:
         click.echo(f"{row['cells']:>9,} {row['stage']:<11} failed: {row['error']}")
         return
-    floor = next((r for r in rows if r["cells"] == row["cells"] and r["stage"] == "io"
-                  and "cells_per_s" in r), None)
+    floor = _floor(rows, row["cells"])
     ratio = row["cells_per_s"] / floor["cells_per_s"] if floor else float("nan")
     click.echo(f"{row['cells']:>9,} {row['stage']:<11} {row['cells_per_s']:>11,.0f} cells/s "
                f"{ratio:>6.2f}x IO floor  peak RSS {row['peak_rss_mb']:>8,.0f} MB")
+
+
+def _floor(rows: list[dict], cells: int) -> dict | None:
+    """The IO floor row for a file size: the parallel-decompression floor for gzip files."""
+    same = {r["stage"]: r for r in rows if r["cells"] == cells and "cells_per_s" in r}
+    return same.get("io_parallel") or same.get("io")
+
+
+def _print_ratios(rows: list[dict]) -> None:
+    """scdr-score against the peers and --explain against plain scoring, per file size."""
+    for cells in sorted({r["cells"] for r in rows}):
+        same = {r["stage"]: r for r in rows if r["cells"] == cells and "cells_per_s" in r}
+        scdr = same.get("scdr")
+        if scdr is None:
+            continue
+        parts = []
+        for peer in ("peer", "celltypist"):
+            if peer in same:
+                parts.append(f"{scdr['cells_per_s'] / same[peer]['cells_per_s']:.1f}x {peer}'s "
+                             f"cells/s at {scdr['peak_rss_mb'] / same[peer]['peak_rss_mb']:.0%} of "
+                             "its peak RSS")
+        if "explain" in same:
+            parts.append(f"--explain costs {scdr['cells_per_s'] / same['explain']['cells_per_s']:.1f}x "
+                         "plain scoring")
+        if "sequential" in same and "overlapped" in same:
+            gain = same["overlapped"]["cells_per_s"] / same["sequential"]["cells_per_s"]
+            parts.append(f"reading ahead on a thread: {gain:.2f}x")
+        click.echo(f"{cells:>9,} scdr-score: " + "; ".join(parts))
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    """Cells/s and peak RSS against the number of cells, one line per stage, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        pts = sorted((r["cells"], r["cells_per_s"], r["peak_rss_mb"]) for r in rows
+                     if r["stage"] == stage and "cells_per_s" in r)
+        if not pts:
+            continue
+        x = [p[0] for p in pts]
+        axes[0].plot(x, [p[1] for p in pts], marker="o", label=stage)
+        axes[1].plot(x, [p[2] for p in pts], marker="o", label=stage)
+    for ax, label in zip(axes, ("cells / s", "peak RSS (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("cells in the file")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    click.echo(f"wrote {path}", err=True)
 
 
 def _write(rows: list[dict], out: Path, bundle: Path) -> None:
@@ -149,6 +222,68 @@ def stage_io(path: Path, bundle: Path) -> dict:
                 x["data"].read_direct(data, np.s_[a:b], np.s_[0 : b - a])
                 x["indices"].read_direct(idx, np.s_[a:b], np.s_[0 : b - a])
     return {"cells": n, "seconds": time.perf_counter() - t0}
+
+
+def stage_io_parallel(path: Path, bundle: Path) -> dict:
+    """The gzip floor: the chunks of data and indices read with pread and inflated by zlib on
+    2 threads, by indptr ranges (nothing is kept: a chunk is inflated once per range it meets)."""
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import h5py
+
+    t0 = time.perf_counter()
+    with h5py.File(path, "r") as f, ThreadPoolExecutor(2) as pool:
+        x = f["X"]
+        indptr = x["indptr"][()]
+        n = len(indptr) - 1
+        fd = os.open(path, os.O_RDONLY)
+        plans = {}
+        for name in ("data", "indices"):
+            found: list = []
+            x[name].id.chunk_iter(found.append)
+            plans[name] = (x[name].chunks[0], sorted((c.chunk_offset[0], c.byte_offset, c.size)
+                                                      for c in found))
+
+        def inflate(job: tuple[int, int]) -> int:
+            return len(zlib.decompress(os.pread(fd, job[1], job[0])))
+
+        for lo in range(0, n, CHUNK):
+            a, b = int(indptr[lo]), int(indptr[min(lo + CHUNK, n)])
+            for chunk, extents in plans.values():
+                jobs = [(off, size) for _, off, size in extents[a // chunk : (b - 1) // chunk + 1]]
+                sum(pool.map(inflate, jobs))
+        os.close(fd)
+    return {"cells": n, "seconds": time.perf_counter() - t0}
+
+
+def _pipeline(prefetch: bool):
+    def run(path: Path, bundle: Path) -> dict:
+        """read -> normalise -> forward over the file, nothing written; ``prefetch`` reads the next
+        chunk on a worker thread meanwhile (what scdr-score does)."""
+        from scoring.bundle import load_bundle
+        from scoring.engine import DEFAULT_CHUNK_SIZE
+        from scoring.genes import match_genes
+        from scoring.h5ad import open_counts
+        from scoring.inference import make_predictor
+        from scoring.normalize import normalize_chunk
+
+        b = load_bundle(bundle)
+        with open_counts(path) as src:
+            match = match_genes(src.var_names, b.symbols, b.ensembl_ids)
+            pred = make_predictor(b)
+            first = next(src.chunks(16, prefetch=False))
+            normalize_chunk(first.data, first.indices, first.indptr, match.gene_map, match.present,
+                            b.normalization)
+            t0 = time.perf_counter()
+            out = None
+            for chunk in src.chunks(DEFAULT_CHUNK_SIZE, prefetch=prefetch):
+                x, _ = normalize_chunk(chunk.data, chunk.indices, chunk.indptr, match.gene_map,
+                                       match.present, b.normalization, out=out)
+                out = x if out is None or x.shape[0] > out.shape[0] else out
+                pred.predict(x)
+            return {"cells": src.n_obs, "seconds": time.perf_counter() - t0}
+    return run
 
 
 def _scorer_stages(path: Path, bundle: Path) -> dict:
@@ -291,6 +426,9 @@ def stage_celltypist(path: Path, bundle: Path) -> dict:
 
 STAGES = {
     "io": stage_io,
+    "io_parallel": stage_io_parallel,
+    "sequential": _pipeline(prefetch=False),
+    "overlapped": _pipeline(prefetch=True),
     "read": _stage_of("read"),
     "normalize": _stage_of("normalize"),
     "forward": _stage_of("forward"),

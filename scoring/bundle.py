@@ -19,6 +19,7 @@ from scoring.normalize import Normalization
 FORMAT = "scdr-bundle"
 FORMAT_VERSIONS = (1,)
 REQUIRED_FILES = ("model.onnx", "head.onnx")
+FD_FILE = "head_fd.onnx"  # optional: pathways -> slopes of the head, for fast explanations
 MAX_CARD_BYTES = 64 << 20
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -32,6 +33,7 @@ class Bundle:
     normalization: Normalization
     model_bytes: bytes
     head_bytes: bytes
+    fd_bytes: bytes | None = None  # head_fd.onnx: the head's finite differences, when shipped
 
     @property
     def drug(self) -> str:
@@ -59,6 +61,11 @@ class Bundle:
         return float(self.card["threshold"]["value"])
 
     @property
+    def fd_step(self) -> float | None:
+        """The finite-difference step baked into head_fd.onnx (None without one)."""
+        return float(self.card["files"][FD_FILE]["fd_step"]) if self.fd_bytes is not None else None
+
+    @property
     def sha256(self) -> dict[str, str]:
         """sha256 of each graph, as verified at load."""
         return {name: entry["sha256"] for name, entry in self.card["files"].items()}
@@ -78,10 +85,18 @@ def load_bundle(path: str | Path) -> Bundle:
         blob = _verified_bytes(root, name, entry)
         if name.endswith(".onnx"):
             refuse_external_data(blob, root / name)
-        if name in REQUIRED_FILES:
+        if name in REQUIRED_FILES or name == FD_FILE:
             blobs[name] = blob
     normalization = _normalization(card, root)
-    return Bundle(root, card, normalization, blobs["model.onnx"], blobs["head.onnx"])
+    if FD_FILE in blobs and not _fd_step_ok(files[FD_FILE]):
+        raise BundleError(f"{root}/card.json: {FD_FILE} needs an fd_step between 1e-6 and 0.1")
+    return Bundle(root, card, normalization, blobs["model.onnx"], blobs["head.onnx"],
+                  blobs.get(FD_FILE))
+
+
+def _fd_step_ok(entry: dict[str, Any]) -> bool:
+    step = entry.get("fd_step")
+    return _real(step) and 1e-6 <= step <= 0.1
 
 
 def read_card(root: Path) -> dict[str, Any]:

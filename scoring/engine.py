@@ -23,6 +23,7 @@ from scoring.errors import InputError, ScdrError
 from scoring.explain import (
     DEFAULT_RULE,
     DEFAULT_STEPS,
+    FD_STEP,
     IntegratedGradients,
     baseline_vector,
 )
@@ -329,7 +330,10 @@ def prepare_run(
                             "gene and step")
         head = make_session(bundle.head_bytes, device, threads, what=f"{bundle.path}/head.onnx")
         base = baseline_vector(bundle.card, explain.baseline, len(bundle.pathway_names))
-        run.explainer = IntegratedGradients(head, base, explain.steps, explain.rule)
+        slopes = None if bundle.fd_bytes is None else make_session(
+            bundle.fd_bytes, device, threads, what=f"{bundle.path}/head_fd.onnx")
+        run.explainer = IntegratedGradients(head, base, explain.steps, explain.rule,
+                                            h=bundle.fd_step or FD_STEP, slopes=slopes)
         if explain.gene_cells:
             run.gene_explainer = IntegratedGradients(
                 predictor.session, np.zeros(len(bundle.symbols), np.float32),

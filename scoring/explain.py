@@ -1,11 +1,15 @@
 """Why a cell was called: integrated gradients by batched central finite differences.
 
-Pathway level (every cell): attributions of the logit to the pathway layer, through ``head.onnx``.
-A Numba kernel lays out the path points (baseline -> input, ``steps`` points of a quadrature rule)
-each perturbed by ``±h`` along one pathway, ONNX Runtime evaluates them in large batches, and a
-Numba reduction forms the quadrature sum:
+Pathway level (every cell): attributions of the logit to the pathway layer. A Numba kernel lays
+out the path points (baseline -> input, ``steps`` points of a quadrature rule), ONNX Runtime
+evaluates the head's central differences at them in large batches, and a Numba reduction forms
+the quadrature sum:
 
     IG_j = (p_j - b_j) * sum_k w_k * [f(b + a_k (p - b) + h e_j) - f(b + a_k (p - b) - h e_j)] / 2h
+
+Bundles that ship ``head_fd.onnx`` compute all 2P differences of a point in one graph that shares
+the head's first layer (about 1/P of the cost); for the others, the kernel perturbs each point
+``±h`` along each pathway and ``head.onnx`` evaluates the 2P copies.
 
 Completeness (sum_j IG_j == f(p) - f(b)) is checked per cell and reported as a relative gap.
 Gene level (selected cells): the same through ``model.onnx``, perturbing only the genes whose
@@ -18,7 +22,7 @@ import numba
 import numpy as np
 import onnxruntime as ort
 
-from scoring.errors import ScdrError
+from scoring.errors import BundleError, ScdrError
 
 RULES = ("left", "right", "midpoint", "trapezoid", "gauss-legendre")
 BASELINES = ("zero", "bulk_mean", "single_cell_mean")
@@ -26,7 +30,9 @@ DEFAULT_STEPS = 16
 DEFAULT_RULE = "gauss-legendre"
 FD_STEP = 1e-3
 GAP_FLOOR = 0.1  # logit units: below this |f(x) - f(b)|, the gap is measured against 0.1
+SLOPE_TOLERANCE = 1e-2  # head_fd.onnx vs head.onnx differences, relative to the largest slope
 _BATCH_VALUES = 8_000_000  # floats per ONNX Runtime call (32 MB of path points)
+_SLOPE_POINTS = 1024  # path points per head_fd.onnx call: its [points, 2P, hidden] fits the cache
 
 
 @dataclass
@@ -75,22 +81,38 @@ def baseline_vector(card: dict, kind: str, n_features: int) -> np.ndarray:
 
 
 class IntegratedGradients:
-    """Finite-difference integrated gradients of a graph's ``logit`` w.r.t. its single input."""
+    """Finite-difference integrated gradients of a graph's ``logit`` w.r.t. its single input;
+    with ``slopes`` (a session of head_fd.onnx, whose step is ``h``), the differences come from
+    it after a check that it agrees with ``session``."""
 
     def __init__(self, session: ort.InferenceSession, baseline: np.ndarray, steps: int = DEFAULT_STEPS,
-                 rule: str = DEFAULT_RULE, h: float = FD_STEP) -> None:
+                 rule: str = DEFAULT_RULE, h: float = FD_STEP,
+                 slopes: ort.InferenceSession | None = None) -> None:
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.baseline = np.ascontiguousarray(baseline, dtype=np.float32)
         self.alphas, self.weights = quadrature(rule, steps)
         self.h = float(h)
         self.baseline_logit = float(self._logit(self.baseline[None, :])[0])
+        self.slopes = slopes
+        if slopes is not None:
+            self._check_slopes()
 
     def attribute(self, x: np.ndarray) -> Attribution:
         """Attributions over all features, for a batch ``x`` [n, n_features] (pathway level)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         n, d = x.shape
         values = np.zeros((n, d), np.float32)
+        if self.slopes is not None:
+            m = len(self.alphas)
+            per_call = max(1, _SLOPE_POINTS // m)
+            for lo in range(0, n, per_call):
+                block = x[lo : lo + per_call]
+                points = np.empty((block.shape[0] * m, d), np.float32)
+                _plain_path_points(block, self.baseline, self.alphas, points)
+                slopes = self._slopes(points)
+                _reduce_slopes(slopes, block, self.baseline, self.weights, values[lo : lo + per_call])
+            return self._checked(x, values)
         rows_per_cell = len(self.alphas) * 2 * d
         per_call = max(1, _BATCH_VALUES // max(rows_per_cell * d, 1))
         for lo in range(0, n, per_call):
@@ -129,6 +151,35 @@ class IntegratedGradients:
     def _logit(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["logit"], {self.input_name: x})[0].reshape(-1)
 
+    def _slopes(self, points: np.ndarray) -> np.ndarray:
+        assert self.slopes is not None
+        try:
+            out = np.asarray(self.slopes.run(["slopes"], {"pathways": points})[0])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise BundleError(f"head_fd.onnx failed to run ({str(e).splitlines()[0][:200]})") from None
+        if out.shape != points.shape or not np.all(np.isfinite(out)):
+            raise BundleError(f"head_fd.onnx returned {out.shape} or non-finite slopes for "
+                              f"{points.shape} points; the bundle is broken")
+        return out
+
+    def _check_slopes(self) -> None:
+        """head_fd.onnx must give the differences head.onnx gives (on the baseline and a few
+        fixed points), or the bundle is refused: a fast explanation must be the same one."""
+        d = self.baseline.shape[0]
+        rng = np.random.default_rng(0)
+        points = np.vstack([self.baseline, rng.standard_normal((3, d)).astype(np.float32)])
+        shifted = np.repeat(points, 2 * d, axis=0)
+        for j in range(d):
+            shifted[2 * j :: 2 * d, j] += self.h
+            shifted[2 * j + 1 :: 2 * d, j] -= self.h
+        f = self._logit(shifted).astype(np.float64).reshape(len(points), d, 2)
+        want = (f[:, :, 0] - f[:, :, 1]) / (2 * self.h)
+        got = self._slopes(points).astype(np.float64)
+        scale = max(float(np.abs(want).max()), 1e-3)
+        if not np.allclose(got, want, rtol=0, atol=SLOPE_TOLERANCE * scale):
+            raise BundleError(f"head_fd.onnx disagrees with head.onnx (max difference "
+                              f"{float(np.abs(got - want).max()):.3g}); re-export the bundle")
+
 
 @numba.njit(parallel=True, cache=True)
 def _path_points(x, baseline, alphas, h, out):  # pragma: no cover
@@ -146,6 +197,29 @@ def _path_points(x, baseline, alphas, h, out):  # pragma: no cover
                     out[r_plus + 1, i] = v
                 out[r_plus, j] += h
                 out[r_plus + 1, j] -= h
+
+
+@numba.njit(parallel=True, cache=True)
+def _plain_path_points(x, baseline, alphas, out):  # pragma: no cover
+    n, d = x.shape
+    m = alphas.shape[0]
+    for c in numba.prange(n):
+        for k in range(m):
+            a = alphas[k]
+            for i in range(d):
+                out[c * m + k, i] = baseline[i] + a * (x[c, i] - baseline[i])
+
+
+@numba.njit(parallel=True, cache=True)
+def _reduce_slopes(slopes, x, baseline, weights, out):  # pragma: no cover
+    n, d = x.shape
+    m = weights.shape[0]
+    for c in numba.prange(n):
+        for j in range(d):
+            s = 0.0
+            for k in range(m):
+                s += weights[k] * np.float64(slopes[c * m + k, j])
+            out[c, j] = (x[c, j] - baseline[j]) * s
 
 
 @numba.njit(parallel=True, cache=True)

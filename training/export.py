@@ -1,4 +1,5 @@
-"""Write a model bundle: model.onnx, head.onnx and card.json, per `exported_models/README.md`.
+"""Write a model bundle: model.onnx, head.onnx, head_fd.onnx and card.json, per
+`exported_models/README.md`.
 
 The ONNX graphs are built from the trained weights with `onnx.helper` (MatMul, Add, Relu,
 Squeeze, Sigmoid; opset 17, IR version 8, dynamic batch axis, weights embedded, no external
@@ -27,6 +28,7 @@ FORMAT_VERSION = 1
 OPSET = 17
 IR_VERSION = 8
 PARITY_ATOL = 1e-5
+FD_STEP = 1e-3  # the finite-difference step baked into head_fd.onnx (pathway units)
 
 
 class ExportError(RuntimeError):
@@ -38,17 +40,20 @@ def export_bundle(out_dir: str | Path, module: ScdrModule, card: dict, parity_x:
     module = module.cpu().eval()
     model_bytes = build_model_graph(module).SerializeToString()
     head_bytes = build_head_graph(module).SerializeToString()
+    fd_bytes = build_head_fd_graph(module.head, module.n_pathways).SerializeToString()
     parity = check_parity(module, model_bytes, head_bytes, parity_x)
     card = dict(card)
     card["metrics"] = {**card.get("metrics", {}), "onnx_parity": parity}
     card["files"] = {
         "model.onnx": {"sha256": hashlib.sha256(model_bytes).hexdigest()},
         "head.onnx": {"sha256": hashlib.sha256(head_bytes).hexdigest()},
+        "head_fd.onnx": {"sha256": hashlib.sha256(fd_bytes).hexdigest(), "fd_step": FD_STEP},
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "model.onnx", model_bytes)
     _write_atomic(out / "head.onnx", head_bytes)
+    _write_atomic(out / "head_fd.onnx", fd_bytes)
     text = json.dumps(_jsonable(card), indent=1, allow_nan=False) + "\n"
     _write_atomic(out / "card.json", text.encode("utf-8"))
     return card
@@ -124,6 +129,89 @@ def build_head_graph(module: ScdrModule) -> onnx.ModelProto:
         inits,
     )
     return _finish(graph, "scdr head: pathway activities -> logit")
+
+
+def build_head_fd_graph(head: nn.Sequential, n_pathways: int, h: float = FD_STEP) -> onnx.ModelProto:
+    """pathways [n, P] -> slopes [n, P]: the head's central finite differences
+    ``(f(z + h e_j) - f(z - h e_j)) / 2h`` along every pathway j, for integrated gradients.
+
+    The head's first layer is affine, so ``W (z ± h e_j) + b = (W z + b) ± h W[:, j]``: the graph
+    evaluates the first layer once per point and shifts its output by ``±h W[:, j]`` ([n, 2P, H]),
+    then runs the rest of the head on the shifted copies. The same differences as 2P full head
+    evaluations per point, at about 1/P of their cost."""
+    layers = [m for m in head if not isinstance(m, nn.Dropout)]
+    if not layers or not isinstance(layers[0], nn.Linear) or layers[0].in_features != n_pathways:
+        raise ExportError("head_fd.onnx needs a head that starts with Linear(n_pathways, ...)")
+    first = layers[0]
+    weight_t = first.weight.detach().cpu().numpy().astype(np.float32).T.copy()  # [P, H]
+    shifts = np.concatenate([h * weight_t, -h * weight_t]).astype(np.float32)  # [2P, H]
+    inits = [
+        numpy_helper.from_array(weight_t, "fd.first.weight_t"),
+        numpy_helper.from_array(first.bias.detach().cpu().numpy().astype(np.float32), "fd.first.bias"),
+        numpy_helper.from_array(shifts, "fd.shifts"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "fd.axis1"),
+        numpy_helper.from_array(np.array([2], dtype=np.int64), "fd.axis2"),
+        numpy_helper.from_array(np.array([n_pathways, n_pathways], dtype=np.int64), "fd.halves"),
+        numpy_helper.from_array(np.array(1.0 / (2.0 * h), dtype=np.float32), "fd.inv_2h"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["pathways", "fd.first.weight_t"], ["fd.first.matmul"]),
+        helper.make_node("Add", ["fd.first.matmul", "fd.first.bias"], ["fd.first.out"]),
+        helper.make_node("Unsqueeze", ["fd.first.out", "fd.axis1"], ["fd.first.out3"]),
+        helper.make_node("Add", ["fd.first.out3", "fd.shifts"], ["fd.shifted"]),
+    ]
+    rest = nn.Sequential(*layers[1:])
+    if len(rest):
+        _sequential(rest, "fd.shifted", "fd.logit3", "fd.rest", nodes, inits)
+    else:
+        nodes.append(helper.make_node("Identity", ["fd.shifted"], ["fd.logit3"]))
+    nodes += [
+        helper.make_node("Squeeze", ["fd.logit3", "fd.axis2"], ["fd.logits"]),
+        helper.make_node("Split", ["fd.logits", "fd.halves"], ["fd.plus", "fd.minus"], axis=1),
+        helper.make_node("Sub", ["fd.plus", "fd.minus"], ["fd.diff"]),
+        helper.make_node("Mul", ["fd.diff", "fd.inv_2h"], ["slopes"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scdr_head_fd",
+        [helper.make_tensor_value_info("pathways", TensorProto.FLOAT, ["n", n_pathways])],
+        [helper.make_tensor_value_info("slopes", TensorProto.FLOAT, ["n", n_pathways])],
+        inits,
+    )
+    return _finish(graph, f"scdr head finite differences: pathways -> slopes (h = {h:g})")
+
+
+def add_head_fd(bundle_dir: str | Path, h: float = FD_STEP) -> dict:
+    """Write head_fd.onnx into an existing bundle from its head.onnx (no retraining): the head's
+    Linear/ReLU layers are read back from the graph's initializers, and the card gains the entry."""
+    root = Path(bundle_dir)
+    card = json.loads((root / "card.json").read_text())
+    head_model = onnx.load_from_string((root / "head.onnx").read_bytes())
+    head = _head_from_graph(head_model)
+    fd_bytes = build_head_fd_graph(head, len(card["pathways"]["names"]), h).SerializeToString()
+    card["files"]["head_fd.onnx"] = {"sha256": hashlib.sha256(fd_bytes).hexdigest(), "fd_step": h}
+    _write_atomic(root / "head_fd.onnx", fd_bytes)
+    _write_atomic(root / "card.json", (json.dumps(_jsonable(card), indent=1, allow_nan=False)
+                                       + "\n").encode("utf-8"))
+    return card
+
+
+def _head_from_graph(model: onnx.ModelProto) -> nn.Sequential:
+    """The Linear/ReLU stack of a head graph written by `build_head_graph`."""
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    layers: list[nn.Module] = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul":
+            w = weights[node.input[1]]
+            layers.append(nn.Linear(w.shape[0], w.shape[1]))
+            layers[-1].weight.data = torch.from_numpy(w.T.copy())
+        elif node.op_type == "Add":
+            layers[-1].bias.data = torch.from_numpy(weights[node.input[1]].copy())
+        elif node.op_type == "Relu":
+            layers.append(nn.ReLU())
+        elif node.op_type != "Squeeze":
+            raise ExportError(f"head.onnx has a {node.op_type} node; only Linear/ReLU heads are read")
+    return nn.Sequential(*layers)
 
 
 def check_parity(
