@@ -29,16 +29,20 @@ BLOCK = 20_000
 @click.option("--format", "fmt", type=click.Choice(["csr", "csc"]), default="csr", show_default=True)
 @click.option("--source", type=click.Path(exists=True, path_type=Path), default=DEFAULT_SOURCE)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--distinct-blocks", type=click.IntRange(min=1), default=None,
+              help=f"Resample only this many {BLOCK:,}-cell blocks and repeat them (a fast large "
+                   "file for throughput runs on a borrowed machine).")
 def main(out: Path, cells: int, density: str, compress: bool, fmt: str, source: Path,
-         seed: int) -> None:
+         seed: int, distinct_blocks: int | None) -> None:
     """Write OUT with CELLS cells resampled from SOURCE."""
-    stats = make_atlas(out, cells, density, compress, fmt, source, seed)
+    stats = make_atlas(out, cells, density, compress, fmt, source, seed, distinct_blocks)
     click.echo(f"{out}: {stats['cells']:,} cells x {stats['genes']:,} genes, "
                f"{stats['nnz_per_cell']:.0f} stored values per cell, {stats['bytes'] / 1e9:.2f} GB")
 
 
 def make_atlas(out: Path, cells: int, density: str = "10x", compress: bool = False,
-               fmt: str = "csr", source: Path = DEFAULT_SOURCE, seed: int = 0) -> dict:
+               fmt: str = "csr", source: Path = DEFAULT_SOURCE, seed: int = 0,
+               distinct_blocks: int | None = None) -> dict:
     """Write the file and return its shape, density and size."""
     counts, var = _read_source(source)
     rng = np.random.default_rng(seed)
@@ -54,7 +58,7 @@ def make_atlas(out: Path, cells: int, density: str = "10x", compress: bool = Fal
             nnz_total = m.nnz
             _write_sparse(f, m.tocsc(), "csc_matrix", opts)
         else:
-            nnz_total = _write_csr_blocks(f, counts, cells, p, rng, opts)
+            nnz_total = _write_csr_blocks(f, counts, cells, p, rng, opts, distinct_blocks)
         _frame(f, "obs", [f"cell{i}" for i in range(cells)])
     tmp.replace(out)
     return {"cells": cells, "genes": len(var), "nnz_per_cell": nnz_total / cells,
@@ -92,7 +96,7 @@ def _sample(counts: sp.csr_matrix, n: int, p: float, rng: np.random.Generator) -
 
 
 def _write_csr_blocks(f: h5py.File, counts: sp.csr_matrix, cells: int, p: float,
-                      rng: np.random.Generator, opts: dict) -> int:
+                      rng: np.random.Generator, opts: dict, distinct: int | None = None) -> int:
     g = f.create_group("X")
     g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
                     "shape": np.array([cells, counts.shape[1]])})
@@ -103,8 +107,14 @@ def _write_csr_blocks(f: h5py.File, counts: sp.csr_matrix, cells: int, p: float,
     indptr = g.create_dataset("indptr", shape=(cells + 1,), dtype="int64")
     indptr[0] = 0
     nnz = 0
-    for lo in range(0, cells, BLOCK):
-        block = _sample(counts, min(BLOCK, cells - lo), p, rng)
+    made: list[sp.csr_matrix] = []
+    for k, lo in enumerate(range(0, cells, BLOCK)):
+        n = min(BLOCK, cells - lo)
+        if distinct is None or len(made) < distinct:
+            block = _sample(counts, n, p, rng)
+            made = [] if distinct is None else [*made, block]
+        else:
+            block = made[k % distinct][:n]
         data.resize((nnz + block.nnz,))
         indices.resize((nnz + block.nnz,))
         data[nnz:] = block.data

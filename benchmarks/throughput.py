@@ -28,6 +28,7 @@ import click
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 CHUNK = 16384
+DEVICE = "cpu"  # set from --device, in the parent and in each stage's process
 
 
 @click.command()
@@ -44,14 +45,20 @@ CHUNK = 16384
 @click.option("--quick", is_flag=True, help="A 2,000-cell file, scorer stages only (for CI).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="JSON results path (default benchmarks/results/throughput_<density>.json).")
+@click.option("--stages", default=None,
+              help="Comma-separated stages to run (default: all that apply), e.g. io,scdr,explain.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime provider for the scorer's stages (cuda needs onnxruntime-gpu).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
               help="Also write a log-log PNG of cells/s and peak RSS against file size.")
 @click.option("--stage", default=None, hidden=True)
 @click.option("--file", "file_", default=None, hidden=True)
 def main(cells: str, density: str, compress: bool, drug: str, model: Path | None, peers: bool,
-         dask: bool, data_dir: Path, quick: bool, out: Path | None, plot: Path | None,
-         stage: str | None, file_: str | None) -> None:
+         dask: bool, data_dir: Path, quick: bool, out: Path | None, stages: str | None, device: str,
+         plot: Path | None, stage: str | None, file_: str | None) -> None:
     """Run the benchmark and print the table."""
+    global DEVICE
+    DEVICE = device
     bundle = model or _bundle_for(drug)
     if stage is not None:  # child process: one measurement
         click.echo(json.dumps(STAGES[stage](Path(file_), bundle)))
@@ -68,8 +75,14 @@ def main(cells: str, density: str, compress: bool, drug: str, model: Path | None
             names += ["dask1", "dask2"]
         if peers and not quick:
             names += ["peer", "celltypist"]
+        if stages:
+            unknown = set(stages.split(",")) - set(STAGES)
+            if unknown:
+                raise click.BadParameter(f"unknown stages {sorted(unknown)}", param_hint="--stages")
+            names = stages.split(",")
         for name in names:
             rows.append({"cells": n, "density": density, "gzip": compress, "stage": name,
+                         "device": device if name in DEVICE_STAGES else "cpu",
                          **_measure(name, path, bundle)})
             _print_row(rows[-1], rows)
     out = out or RESULTS / f"throughput_{density}{'_gzip' if compress else ''}.json"
@@ -104,7 +117,7 @@ def _warm(path: Path) -> None:
 def _measure(name: str, path: Path, bundle: Path) -> dict:
     """Run one stage in a fresh process; wall time and peak RSS as the OS saw them."""
     cmd = [sys.executable, str(Path(__file__)), "--stage", name, "--file", str(path),
-           "--model", str(bundle)]
+           "--model", str(bundle), "--device", DEVICE]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -126,6 +139,24 @@ def _print_row(row: dict, rows: list[dict]) -> None:
     ratio = row["cells_per_s"] / floor["cells_per_s"] if floor else float("nan")
     click.echo(f"{row['cells']:>9,} {row['stage']:<11} {row['cells_per_s']:>11,.0f} cells/s "
                f"{ratio:>6.2f}x IO floor  peak RSS {row['peak_rss_mb']:>8,.0f} MB")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _gpu_name() -> str | None:
+    if DEVICE != "cuda":
+        return None
+    proc = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() or None
 
 
 def _floor(rows: list[dict], cells: int) -> dict | None:
@@ -187,12 +218,12 @@ def _plot(rows: list[dict], path: Path) -> None:
 
 def _write(rows: list[dict], out: Path, bundle: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.platform(), "processor": platform.processor(),
+    meta = {"machine": platform.platform(), "processor": _cpu_name(), "gpu": _gpu_name(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "bundle": str(bundle),
             "date": time.strftime("%Y-%m-%d")}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     with out.with_suffix(".csv").open("w", newline="") as fh:
-        keys = ["cells", "density", "gzip", "stage", "cells_per_s", "seconds", "peak_rss_mb",
+        keys = ["cells", "density", "gzip", "stage", "device", "cells_per_s", "seconds", "peak_rss_mb",
                 "process_wall_s", "error"]
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
@@ -271,7 +302,7 @@ def _pipeline(prefetch: bool):
         b = load_bundle(bundle)
         with open_counts(path) as src:
             match = match_genes(src.var_names, b.symbols, b.ensembl_ids)
-            pred = make_predictor(b)
+            pred = make_predictor(b, DEVICE)
             first = next(src.chunks(16, prefetch=False))
             normalize_chunk(first.data, first.indices, first.indptr, match.gene_map, match.present,
                             b.normalization)
@@ -298,7 +329,7 @@ def _scorer_stages(path: Path, bundle: Path) -> dict:
     times = {"read": 0.0, "normalize": 0.0, "forward": 0.0}
     with open_counts(path) as src:
         match = match_genes(src.var_names, b.symbols, b.ensembl_ids)
-        pred = make_predictor(b)
+        pred = make_predictor(b, DEVICE)
         first = next(src.chunks(16, prefetch=False))  # compile/warm the kernel outside the timings
         normalize_chunk(first.data, first.indices, first.indptr, match.gene_map, match.present,
                         b.normalization)
@@ -338,7 +369,8 @@ def stage_scdr(path: Path, bundle: Path, extra: tuple[str, ...] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = CliRunner().invoke(score_command, [str(path), "--model", str(bundle), "-o",
-                                                 f"{tmp}/out.csv", "-q", *extra])
+                                                 f"{tmp}/out.csv", "-q", "--device", DEVICE,
+                                                 *extra])
         seconds = time.perf_counter() - t0
     if res.exit_code != 0:
         raise SystemExit(f"scdr-score failed: {res.output.strip()}")
@@ -424,6 +456,7 @@ def stage_celltypist(path: Path, bundle: Path) -> dict:
     return {"cells": adata.n_obs, "seconds": time.perf_counter() - t0}
 
 
+DEVICE_STAGES = {"forward", "sequential", "overlapped", "scdr", "explain", "dask1", "dask2"}
 STAGES = {
     "io": stage_io,
     "io_parallel": stage_io_parallel,

@@ -1,5 +1,7 @@
 """ONNX Runtime sessions for a bundle: one session per graph, providers chosen explicitly."""
 
+import contextlib
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,13 +75,19 @@ def make_session(
     if threads:
         options.intra_op_num_threads = int(threads)
     options.log_severity_level = 4  # fatal only: failures reach the user as one BundleError line
+    providers = providers_for(device)
     try:
-        return ort.InferenceSession(model_bytes, sess_options=options, providers=providers_for(device))
+        session = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
     except ScdrError:
         raise
     except Exception as e:  # onnxruntime raises its own exception types
         msg = str(e).splitlines()[0][:200]
         raise BundleError(f"{what} cannot be loaded by ONNX Runtime ({msg})") from None
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise ScdrError("--device cuda: ONNX Runtime could not start CUDA (driver, CUDA 12/13 "
+                        "or cuDNN libraries missing); pip install 'onnxruntime-gpu[cuda,cudnn]' "
+                        "or use --device cpu")
+    return session
 
 
 def providers_for(device: str) -> list[str]:
@@ -93,12 +101,24 @@ def providers_for(device: str) -> list[str]:
                 "--device cuda needs onnxruntime-gpu with a working CUDA: "
                 "pip uninstall onnxruntime && pip install onnxruntime-gpu"
             )
+        _preload_cuda()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device != "auto":
         raise ScdrError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
     if "CUDAExecutionProvider" in available:
+        _preload_cuda()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+@functools.cache
+def _preload_cuda() -> None:
+    """Load CUDA/cuDNN from pip's nvidia-* packages where they are installed (onnxruntime-gpu
+    finds them only this way when they are not on the library path); a no-op otherwise."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.suppress(Exception):  # missing libraries surface when the session starts
+            preload()
 
 
 def _check_signature(session: ort.InferenceSession, bundle: Bundle) -> None:
