@@ -97,30 +97,42 @@ def _sample(counts: sp.csr_matrix, n: int, p: float, rng: np.random.Generator) -
 
 def _write_csr_blocks(f: h5py.File, counts: sp.csr_matrix, cells: int, p: float,
                       rng: np.random.Generator, opts: dict, distinct: int | None = None) -> int:
+    """CSR written block by block. Uncompressed files get contiguous data/indices, as
+    anndata writes them (blocks are spooled to raw files first, since the total is only known at
+    the end); gzip files get 1 MB chunks, as compressed atlases have."""
     g = f.create_group("X")
     g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
                     "shape": np.array([cells, counts.shape[1]])})
-    chunk = {"chunks": (1 << 18,)}
-    data = g.create_dataset("data", shape=(0,), maxshape=(None,), dtype="float32", **chunk, **opts)
-    indices = g.create_dataset("indices", shape=(0,), maxshape=(None,), dtype="int32", **chunk,
-                               **opts)
-    indptr = g.create_dataset("indptr", shape=(cells + 1,), dtype="int64")
-    indptr[0] = 0
+    indptr = np.zeros(cells + 1, np.int64)
+    spool = Path(f.filename).with_suffix(".spool")
+    spool.mkdir(exist_ok=True)
     nnz = 0
     made: list[sp.csr_matrix] = []
-    for k, lo in enumerate(range(0, cells, BLOCK)):
-        n = min(BLOCK, cells - lo)
-        if distinct is None or len(made) < distinct:
-            block = _sample(counts, n, p, rng)
-            made = [] if distinct is None else [*made, block]
-        else:
-            block = made[k % distinct][:n]
-        data.resize((nnz + block.nnz,))
-        indices.resize((nnz + block.nnz,))
-        data[nnz:] = block.data
-        indices[nnz:] = block.indices
-        indptr[lo + 1 : lo + block.shape[0] + 1] = block.indptr[1:].astype(np.int64) + nnz
-        nnz += block.nnz
+    try:
+        with (spool / "data").open("wb") as fd, (spool / "indices").open("wb") as fi:
+            for k, lo in enumerate(range(0, cells, BLOCK)):
+                n = min(BLOCK, cells - lo)
+                if distinct is None or len(made) < distinct:
+                    block = _sample(counts, n, p, rng)
+                    made = [] if distinct is None else [*made, block]
+                else:
+                    block = made[k % distinct][:n]
+                block.data.astype(np.float32).tofile(fd)
+                block.indices.astype(np.int32).tofile(fi)
+                indptr[lo + 1 : lo + n + 1] = block.indptr[1:].astype(np.int64) + nnz
+                nnz += block.nnz
+        layout = {"chunks": (1 << 18,), **opts} if opts else {}
+        for name, dtype in (("data", np.float32), ("indices", np.int32)):
+            ds = g.create_dataset(name, shape=(nnz,), dtype=dtype, **layout)
+            raw = np.memmap(spool / name, dtype=dtype, mode="r", shape=(nnz,))
+            for a in range(0, nnz, 1 << 26):
+                ds[a : a + (1 << 26)] = raw[a : a + (1 << 26)]
+            del raw
+        g.create_dataset("indptr", data=indptr)
+    finally:
+        for name in ("data", "indices"):
+            (spool / name).unlink(missing_ok=True)
+        spool.rmdir()
     return nnz
 
 

@@ -104,14 +104,12 @@ class IntegratedGradients:
         n, d = x.shape
         values = np.zeros((n, d), np.float32)
         if self.slopes is not None:
-            m = len(self.alphas)
-            per_call = max(1, _SLOPE_POINTS // m)
-            for lo in range(0, n, per_call):
-                block = x[lo : lo + per_call]
-                points = np.empty((block.shape[0] * m, d), np.float32)
-                _plain_path_points(block, self.baseline, self.alphas, points)
-                slopes = self._slopes(points)
-                _reduce_slopes(slopes, block, self.baseline, self.weights, values[lo : lo + per_call])
+            points = np.empty((n * len(self.alphas), d), np.float32)
+            _plain_path_points(x, self.baseline, self.alphas, points)
+            slopes = np.empty_like(points)
+            for lo in range(0, points.shape[0], _SLOPE_POINTS):
+                slopes[lo : lo + _SLOPE_POINTS] = self._slopes(points[lo : lo + _SLOPE_POINTS])
+            _reduce_slopes(slopes, x, self.baseline, self.weights, values)
             return self._checked(x, values)
         rows_per_cell = len(self.alphas) * 2 * d
         per_call = max(1, _BATCH_VALUES // max(rows_per_cell * d, 1))

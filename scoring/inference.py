@@ -3,6 +3,7 @@
 import contextlib
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -11,6 +12,9 @@ from scoring.bundle import Bundle
 from scoring.errors import BundleError, ScdrError
 
 DEVICES = ("auto", "cpu", "cuda")
+# full float32 products: TF32 (ONNX Runtime's CUDA default) keeps 10 mantissa bits, which moves
+# probabilities by ~1e-4 and ruins the finite differences of explanations (step 1e-3)
+CUDA = ("CUDAExecutionProvider", {"use_tf32": "0"})
 
 
 @dataclass
@@ -90,7 +94,7 @@ def make_session(
     return session
 
 
-def providers_for(device: str) -> list[str]:
+def providers_for(device: str) -> list[Any]:
     """Execution providers for ``auto``/``cpu``/``cuda``; ``cuda`` fails when unavailable."""
     available = ort.get_available_providers()
     if device == "cpu":
@@ -102,12 +106,12 @@ def providers_for(device: str) -> list[str]:
                 "pip uninstall onnxruntime && pip install onnxruntime-gpu"
             )
         _preload_cuda()
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [CUDA, "CPUExecutionProvider"]
     if device != "auto":
         raise ScdrError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
     if "CUDAExecutionProvider" in available:
         _preload_cuda()
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [CUDA, "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 

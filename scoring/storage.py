@@ -4,16 +4,19 @@ h5py reads on one thread and holds the interpreter lock while it does, so it can
 gzip chunks in parallel nor overlap reading with the Numba and ONNX Runtime work. For the layouts
 that matter (contiguous, or chunked with no filter, deflate, or shuffle + deflate) the chunk
 addresses are listed once from HDF5, then chunks are read with ``os.pread`` and inflated by
-``zlib`` in a thread pool; both release the lock. Every address and size comes from an untrusted
+``zlib`` in a thread pool (both release the lock), and unfiltered values are handed out as views
+of the memory-mapped file (no copy at all). Every address and size comes from an untrusted
 file, so each is checked against the file before use; any layout this module does not handle
 (other filters, unallocated chunks, big-endian values) gets ``None`` from ``range_reader`` and
 the caller keeps h5py's path.
 """
 
+import contextlib
+import mmap
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import h5py
@@ -48,14 +51,19 @@ class RangeReader:
     deflate: bool
     _fd: int = -1
     _pool: ThreadPoolExecutor | None = None
+    _map: mmap.mmap | None = None
+    _mapped: list[list[tuple[int, int]]] = field(default_factory=list)  # byte ranges per read
 
     def read(self, lo: int, hi: int) -> np.ndarray:
-        """Elements ``lo:hi`` as a new array; an InputError when the stored bytes are damaged."""
-        out = np.empty(hi - lo, self.dtype)
+        """Elements ``lo:hi``: a read-only view of the mapped file where the values are stored
+        unfiltered, else a new array; an InputError when the stored bytes are damaged."""
         if hi <= lo:
-            return out
+            return np.empty(0, self.dtype)
         if self._fd < 0:
             self._fd = os.open(self.path, os.O_RDONLY)
+        if not (self.deflate or self.shuffle):
+            return self._view(lo, hi)
+        out = np.empty(hi - lo, self.dtype)
         first, last = lo // self.chunk, (hi - 1) // self.chunk
         jobs = [(k, lo, hi, out) for k in range(first, last + 1)]
         if self.deflate and len(jobs) > 1:
@@ -69,13 +77,50 @@ class RangeReader:
         return out
 
     def close(self) -> None:
-        """Close the file descriptor and stop the inflating threads."""
+        """Close the file descriptor and the mapping, and stop the inflating threads."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # views still alive: the GC unmaps it later
+                self._map.close()
+            self._map = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def _view(self, lo: int, hi: int) -> np.ndarray:
+        """Unfiltered values straight from the page cache: one view when the chunks holding
+        ``lo:hi`` lie end to end in the file (always, for a contiguous dataset), else the pieces
+        joined. Pages handed out two reads ago are dropped from this process (they stay cached),
+        so resident memory stays bounded by two chunks however large the file."""
+        size = self.dtype.itemsize
+        runs: list[list[int]] = []  # [file offset, elements]
+        for k in range(lo // self.chunk, (hi - 1) // self.chunk + 1):
+            start, offset, _, _ = self.extents[k]
+            a, b = max(lo, start), min(hi, start + self.chunk, self.n)
+            at = offset + (a - start) * size
+            if runs and runs[-1][0] + runs[-1][1] * size == at:
+                runs[-1][1] += b - a
+            else:
+                runs.append([at, b - a])
+        end = max(at + n * size for at, n in runs)
+        if os.fstat(self._fd).st_size < end:
+            raise InputError(f"{self.what}: the file shrank while it was being read")
+        if self._map is None:
+            self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
+        views = [np.frombuffer(self._map, self.dtype, count=n, offset=at) for at, n in runs]
+        self._release([(at, at + n * size) for at, n in runs])
+        return views[0] if len(views) == 1 else np.concatenate(views)
+
+    def _release(self, ranges: list[tuple[int, int]]) -> None:
+        assert self._map is not None
+        self._mapped.append(ranges)
+        while len(self._mapped) > 2:
+            for start, stop in self._mapped.pop(0):
+                page = start - start % mmap.PAGESIZE
+                with contextlib.suppress(OSError, ValueError):
+                    self._map.madvise(mmap.MADV_DONTNEED, page, stop - page)
 
     def _read_chunk(self, job: tuple[int, int, int, np.ndarray]) -> None:
         k, lo, hi, out = job

@@ -146,3 +146,36 @@ def _rewrite_x(path, **opts):
             values = f[f"X/{name}"][()]
             del f[f"X/{name}"]
             f["X"].create_dataset(name, data=values, **opts)
+
+
+def test_unfiltered_values_are_read_only_views_that_stay_valid(tmp_path):
+    """Mapped views: no copy, not writable, and still right after their pages were dropped from
+    the process (two reads later)."""
+    path = tmp_path / "d.h5"
+    values = np.random.default_rng(1).random(100_000).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", data=values)
+    with h5py.File(path, "r") as f:
+        reader = range_reader(f["v"], str(path), "v")
+        first = reader.read(0, 30_000)
+        assert not first.flags.writeable and not first.flags.owndata
+        later = [reader.read(lo, min(lo + 20_000, 100_000)) for lo in range(30_000, 100_000, 20_000)]
+        np.testing.assert_array_equal(first, values[:30_000])
+        np.testing.assert_array_equal(later[-1], values[90_000:100_000])
+        del first, later
+        reader.close()
+
+
+def test_a_file_that_shrinks_while_read_is_an_input_error(tmp_path):
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("v", data=np.arange(1_000_000, dtype=np.float32))
+    f = h5py.File(path, "r")
+    reader = range_reader(f["v"], str(path), "v")
+    assert reader.read(0, 10).tolist() == list(range(10))
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size // 2)
+    with pytest.raises(InputError, match="shrank"):
+        reader.read(900_000, 1_000_000)
+    reader.close()
+    f.close()
