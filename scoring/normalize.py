@@ -106,48 +106,59 @@ def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1
                 scale_g[g] = 1.0
     lo_clip = np.float32(-clip if clip > 0.0 else -np.inf)
     hi_clip = np.float32(clip if clip > 0.0 else np.inf)
-    for i in numba.prange(n_cells):
-        lo, hi = indptr[i], indptr[i + 1]
-        lib, bad_value, bad_index = _check_and_sum(data[lo:hi], indices[lo:hi], n_vars)
-        row = out[i]
-        if bad_value or bad_index:
-            row[:] = 0.0
-            status[i] = 2 if bad_value else 3
-            continue
-        if lib <= 0.0:
-            row[:] = 0.0
-            status[i] = 1
-            continue
-        acc = np.zeros(n_panel + SCRATCH, np.float32)
-        for k in range(lo, hi):
-            acc[slot[indices[k]]] += data[k]
+    # cells in contiguous blocks, one per task: each block allocates its scratch rows once
+    n_blocks = min(n_cells, 8 * numba.get_num_threads())
+    for blk in numba.prange(n_blocks):
+        acc = np.empty(n_panel + SCRATCH, np.float32)
         touched = np.empty(n_panel, np.int32)
-        n_touched = 0
-        for g in range(n_panel):
-            touched[n_touched] = g
-            n_touched += acc[g] > 0.0
-        scale = np.float32(target_sum / lib if target_sum > 0.0 else 1.0)
-        vals = np.empty(n_touched, np.float32)
-        for t in range(n_touched):
-            vals[t] = acc[touched[t]] * scale
-        if do_log1p:
-            _log1p_inplace(vals)
-        s1 = 0.0
-        s2 = 0.0
-        for t in range(n_touched):
-            y = np.float64(vals[t])
-            acc[touched[t]] = vals[t]
-            s1 += y
-            s2 += y * y
-        mean = 0.0
-        inv_sd = 1.0
-        if cell_zscore and n_present > 0:
-            mean = s1 / n_present
-            var = s2 / n_present - mean * mean
-            inv_sd = 1.0 / np.sqrt(var) if var > 0.0 else 0.0
-        _affine_clip(acc, scale_g, shift_g, np.float32(inv_sd), np.float32(mean * inv_sd),
-                     lo_clip, hi_clip, row)
-        status[i] = 0
+        vals = np.empty(n_panel, np.float32)
+        for i in range(blk * n_cells // n_blocks, (blk + 1) * n_cells // n_blocks):
+            status[i] = _normalize_cell(data, indices, indptr[i], indptr[i + 1], n_vars, slot,
+                                        target_sum, do_log1p, cell_zscore, n_present, scale_g,
+                                        shift_g, lo_clip, hi_clip, acc, touched, vals, out[i])
+
+
+@numba.njit(cache=True, inline="always")
+def _normalize_cell(data, indices, lo, hi, n_vars, slot, target_sum, do_log1p, cell_zscore,
+                    n_present, scale_g, shift_g, lo_clip, hi_clip, acc, touched, vals,
+                    row):  # pragma: no cover
+    """One cell into ``row``; returns its status."""
+    n_panel = row.shape[0]
+    lib, bad_value, bad_index = _check_and_sum(data[lo:hi], indices[lo:hi], n_vars)
+    if bad_value or bad_index:
+        row[:] = 0.0
+        return 2 if bad_value else 3
+    if lib <= 0.0:
+        row[:] = 0.0
+        return 1
+    acc[:] = 0.0
+    for k in range(lo, hi):
+        acc[slot[indices[k]]] += data[k]
+    n_touched = 0
+    for g in range(n_panel):
+        touched[n_touched] = g
+        n_touched += acc[g] > 0.0
+    scale = np.float32(target_sum / lib if target_sum > 0.0 else 1.0)
+    for t in range(n_touched):
+        vals[t] = acc[touched[t]] * scale
+    if do_log1p:
+        _log1p_inplace(vals[:n_touched])
+    s1 = 0.0
+    s2 = 0.0
+    for t in range(n_touched):
+        y = np.float64(vals[t])
+        acc[touched[t]] = vals[t]
+        s1 += y
+        s2 += y * y
+    mean = 0.0
+    inv_sd = 1.0
+    if cell_zscore and n_present > 0:
+        mean = s1 / n_present
+        var = s2 / n_present - mean * mean
+        inv_sd = 1.0 / np.sqrt(var) if var > 0.0 else 0.0
+    _affine_clip(acc, scale_g, shift_g, np.float32(inv_sd), np.float32(mean * inv_sd),
+                 lo_clip, hi_clip, row)
+    return 0
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})

@@ -25,6 +25,7 @@ import numpy as np
 from scoring.errors import InputError
 
 THREADS = max(1, min(4, os.cpu_count() or 1))  # inflating threads for gzip files
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; EINVAL elsewhere
 
 
 def range_reader(ds: h5py.Dataset, path: str, what: str) -> "RangeReader | None":
@@ -109,8 +110,13 @@ class RangeReader:
             raise InputError(f"{self.what}: the file shrank while it was being read")
         if self._map is None:
             self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
+        ranges = [(at, at + n * size) for at, n in runs]
+        for start, stop in ranges:  # map the pages now (on the reading thread), not on first use
+            page = start - start % mmap.PAGESIZE
+            with contextlib.suppress(OSError, ValueError):
+                self._map.madvise(MADV_POPULATE_READ, page, stop - page)
         views = [np.frombuffer(self._map, self.dtype, count=n, offset=at) for at, n in runs]
-        self._release([(at, at + n * size) for at, n in runs])
+        self._release(ranges)
         return views[0] if len(views) == 1 else np.concatenate(views)
 
     def _release(self, ranges: list[tuple[int, int]]) -> None:
