@@ -62,7 +62,7 @@ def normalize_chunk(
         empty if recipe.gene_mean is None else recipe.gene_mean,
         empty if recipe.gene_std is None else recipe.gene_std,
         -1.0 if recipe.clip is None else float(recipe.clip),
-        out, status,
+        out, status, 8 * numba.get_num_threads(),
     )
     bad = np.flatnonzero(status >= STATUS_BAD_VALUE)
     if bad.size:
@@ -78,7 +78,8 @@ def normalize_chunk(
 
 @numba.njit(parallel=True, cache=True)
 def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1p,
-                   cell_zscore, gene_mean, gene_std, clip, out, status):  # pragma: no cover
+                   cell_zscore, gene_mean, gene_std, clip, out, status,
+                   n_blocks):  # pragma: no cover
     """Per cell, each stored entry is touched once by a vectorised check-and-sum pass and once
     by a branch-free gather (genes outside the panel land in scratch slots); then the touched
     panel genes are log-transformed and one vectorised pass applies ``z = y * a_g + b_g``
@@ -107,7 +108,7 @@ def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1
     lo_clip = np.float32(-clip if clip > 0.0 else -np.inf)
     hi_clip = np.float32(clip if clip > 0.0 else np.inf)
     # cells in contiguous blocks, one per task: each block allocates its scratch rows once
-    n_blocks = min(n_cells, 8 * numba.get_num_threads())
+    n_blocks = min(n_cells, max(1, n_blocks))
     for blk in numba.prange(n_blocks):
         acc = np.empty(n_panel + SCRATCH, np.float32)
         touched = np.empty(n_panel, np.int32)
