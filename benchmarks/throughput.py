@@ -116,6 +116,11 @@ def _warm(path: Path) -> None:
 
 def _measure(name: str, path: Path, bundle: Path) -> dict:
     """Run one stage in a fresh process; wall time and peak RSS as the OS saw them."""
+    if name in WHOLE_FILE_STAGES:
+        need, have = 2 * _dense_bytes(path), _available_memory()  # the matrix and a copy
+        if need > have:
+            return {"error": f"not run: it holds the whole matrix in memory and copies it (~"
+                             f"{need / 1e9:.0f} GB), more than the {have / 1e9:.0f} GB available"}
     cmd = [sys.executable, str(Path(__file__)), "--stage", name, "--file", str(path),
            "--model", str(bundle), "--device", DEVICE]
     t0 = time.perf_counter()
@@ -123,12 +128,32 @@ def _measure(name: str, path: Path, bundle: Path) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     stdout, stderr = proc.stdout.read(), proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return {"error": f"killed by signal {-code} after {wall:.0f} s at "
+                         f"{usage.ru_maxrss / 1024:,.0f} MB (out of memory: it loads the whole file)"}
+    if code != 0:
         return {"error": (stderr.strip().splitlines() or ["failed"])[-1][:200]}
     result = json.loads(stdout.strip().splitlines()[-1])
     seconds = result.get("seconds", wall)
     return {"seconds": round(seconds, 3), "process_wall_s": round(wall, 3),
             "cells_per_s": round(result["cells"] / seconds, 1), "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def _dense_bytes(path: Path) -> int:
+    """What anndata.read_h5ad needs for X alone: data + indices + indptr, as stored."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        x = f["X"]
+        return sum(x[k].size * x[k].dtype.itemsize for k in ("data", "indices", "indptr"))
+
+
+def _available_memory() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62
 
 
 def _print_row(row: dict, rows: list[dict]) -> None:
@@ -456,6 +481,7 @@ def stage_celltypist(path: Path, bundle: Path) -> dict:
     return {"cells": adata.n_obs, "seconds": time.perf_counter() - t0}
 
 
+WHOLE_FILE_STAGES = {"peer", "celltypist"}  # load the file whole: skipped where it cannot fit
 DEVICE_STAGES = {"forward", "sequential", "overlapped", "scdr", "explain", "dask1", "dask2"}
 STAGES = {
     "io": stage_io,
