@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -20,6 +21,7 @@ from scoring.bundle import list_bundles
 from scoring.distributed import score_distributed
 from scoring.engine import (
     DEFAULT_CHUNK_SIZE,
+    INTERRUPTED,
     MAX_GENE_CELLS,
     ExplainSettings,
     resolve_bundle,
@@ -242,13 +244,21 @@ def _output_paths(drug_names: list[str], output: str | None,
     return paths
 
 
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM (a pipeline's timeout, a batch system) is handled like Ctrl-C: outputs aborted."""
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a pipeline's timeout, a batch system) is handled like Ctrl-C: outputs aborted.
+    Raised where the signal lands, unless that is inside a destructor (Python would print the
+    exception there and drop it): then the streaming loop raises it after the current chunk."""
+    INTERRUPTED.set()
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return
+        frame = frame.f_back
     raise KeyboardInterrupt
 
 
 def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> None:
     """Run, turning every failure into one line on stderr, an exit code and a summary."""
+    INTERRUPTED.clear()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         result = run()

@@ -5,6 +5,7 @@ runs (streams rows into output files and returns the run summary).
 """
 
 import platform
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from scoring.output import ExplainWriter, TableWriter
 from scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
 
 DEFAULT_CHUNK_SIZE = 8192
+# set by a signal handler that could not raise where the signal landed (inside a destructor,
+# where Python would print the exception and drop it); the streaming loop raises it
+INTERRUPTED = threading.Event()
 MIN_COVERAGE = 0.5
 MAX_GENE_CELLS = 100
 TOP_PATHWAYS = 3
@@ -221,6 +225,7 @@ def score_file(
 
             stream(source, runs, chunk_size, normalized, sink, progress,
                    obs_columns=(groupby,) if groupby else ())
+            _check_interrupted()
             for w in all_writers:
                 w.commit()
         except BaseException:
@@ -358,8 +363,15 @@ def stream(
     for chunk in source.chunks(chunk_size, rows[0], rows[1], obs_columns=obs_columns):
         for run in runs:
             sink(run, _predict_chunk(run, chunk, normalized))
+        _check_interrupted()
         if progress is not None:
             progress(chunk.stop, source.n_obs)
+
+
+def _check_interrupted() -> None:
+    """Raise the interruption that a signal handler could only record (see ``INTERRUPTED``)."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 def _predict_chunk(run: ModelRun, chunk: Chunk, normalized: bool) -> ChunkResult:

@@ -181,3 +181,26 @@ def test_sigterm_aborts_cleanly_without_leftovers(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["scdr-score: interrupted; no output written"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.h5ad"], list(tmp_path.iterdir())
+
+
+def test_sigterm_inside_a_destructor_is_raised_after_the_chunk(bundle_dir):
+    """Where the signal lands in a __del__, raising would be printed and dropped by Python: the
+    handler records it and the streaming loop raises it after the current chunk instead."""
+    import sys
+
+    from helpers import EXAMPLE
+
+    from scoring import cli, engine, score
+
+    class Finalised:
+        def __del__(self) -> None:
+            cli._terminate(15, sys._getframe())
+
+    engine.INTERRUPTED.clear()
+    try:
+        Finalised()  # the destructor runs here and must not raise
+        assert engine.INTERRUPTED.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            score(EXAMPLE, model=bundle_dir)
+    finally:
+        engine.INTERRUPTED.clear()
