@@ -106,3 +106,32 @@ def test_fd_graph_equals_central_differences_of_a_deeper_head():
         minus = head(z[:, None, :] - eye).squeeze(-1)
     want = ((plus.double() - minus.double()) / (2 * h)).numpy()
     assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+
+
+def test_kink_aware_graph_flags_points_near_a_kink_and_is_exact_elsewhere():
+    """For Linear -> ReLU -> Linear heads the graph is one matrix product away from the kinks;
+    a point with a hidden unit on its kink must come back as not exact."""
+    torch = pytest.importorskip("torch")
+    import onnxruntime as ort
+
+    from training.export import build_head_fd_graph
+
+    torch.manual_seed(1)
+    head = torch.nn.Sequential(torch.nn.Linear(10, 6), torch.nn.ReLU(), torch.nn.Linear(6, 1)).eval()
+    h = 1e-3
+    graph = ort.InferenceSession(build_head_fd_graph(head, 10, h).SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+    z = torch.randn(200, 10)
+    # put unit 0 of the last point exactly on its kink: W0 . z + b0 = 0
+    w0, b0 = head[0].weight[0].detach(), head[0].bias[0].detach()
+    z[-1] -= w0 * (w0 @ z[-1] + b0) / (w0 @ w0)
+    slopes, exact = graph.run(["slopes", "exact"], {"pathways": z.numpy()})
+    assert not exact[-1] and exact[:-1].mean() > 0.9
+    with torch.no_grad():
+        eye = torch.eye(10, dtype=torch.float64) * h
+        head64 = head.double()
+        z64 = z.double()
+        want = ((head64(z64[:, None, :] + eye) - head64(z64[:, None, :] - eye)).squeeze(-1)
+                / (2 * h)).numpy()
+    ok = exact.astype(bool)
+    assert np.abs(slopes[ok] - want[ok]).max() <= 1e-5 * np.abs(want).max()

@@ -132,6 +132,57 @@ def build_head_graph(module: ScdrModule) -> onnx.ModelProto:
 
 
 def build_head_fd_graph(head: nn.Sequential, n_pathways: int, h: float = FD_STEP) -> onnx.ModelProto:
+    """pathways [n, P] -> slopes [n, P], exact [n]: the head's central finite differences
+    ``(f(z + h e_j) - f(z - h e_j)) / 2h`` along every pathway j, for integrated gradients.
+
+    For the shipped head shape, Linear -> ReLU -> Linear, a hidden unit u contributes
+    ``w2_u W[u, j]`` to slope j when its pre-activation stays positive under the ±h W[u, j] shift,
+    and 0 when it stays negative: away from the kinks the differences are one small matrix
+    product, ``1[pre > 0] @ (w2 * W)``. ``exact`` is false for a point where some unit lies within
+    ``h max_j |W[u, j]|`` of its kink; the scorer recomputes those points' differences from
+    head.onnx. Other heads get the general graph (every shift evaluated; ``exact`` all true)."""
+    layers = [m for m in head if not isinstance(m, nn.Dropout)]
+    if not layers or not isinstance(layers[0], nn.Linear) or layers[0].in_features != n_pathways:
+        raise ExportError("head_fd.onnx needs a head that starts with Linear(n_pathways, ...)")
+    kinds = [type(m) for m in layers]
+    if kinds != [nn.Linear, nn.ReLU, nn.Linear] or layers[2].out_features != 1:
+        return _shifted_fd_graph(head, n_pathways, h)
+
+    def array(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().numpy().astype(np.float64)
+
+    w1, b1, w2 = array(layers[0].weight), array(layers[0].bias), array(layers[2].weight)[0]
+    inits = [
+        numpy_helper.from_array(w1.T.astype(np.float32), "fd.w1_t"),  # [P, H]
+        numpy_helper.from_array(b1.astype(np.float32), "fd.b1"),
+        numpy_helper.from_array((w2[:, None] * w1).astype(np.float32), "fd.contrib"),  # [H, P]
+        numpy_helper.from_array((h * np.abs(w1).max(axis=1)).astype(np.float32), "fd.margin"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "fd.zero"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["pathways", "fd.w1_t"], ["fd.matmul"]),
+        helper.make_node("Add", ["fd.matmul", "fd.b1"], ["fd.pre"]),  # [n, H]
+        helper.make_node("Greater", ["fd.pre", "fd.zero"], ["fd.on"]),
+        helper.make_node("Cast", ["fd.on"], ["fd.on_f"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["fd.on_f", "fd.contrib"], ["slopes"]),  # [n, P]
+        helper.make_node("Abs", ["fd.pre"], ["fd.abs"]),
+        helper.make_node("Less", ["fd.abs", "fd.margin"], ["fd.near"]),
+        helper.make_node("Cast", ["fd.near"], ["fd.near_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["fd.near_f"], ["fd.any_near"], axes=[1], keepdims=0),
+        helper.make_node("Equal", ["fd.any_near", "fd.zero"], ["exact"]),  # [n]
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scdr_head_fd",
+        [helper.make_tensor_value_info("pathways", TensorProto.FLOAT, ["n", n_pathways])],
+        [helper.make_tensor_value_info("slopes", TensorProto.FLOAT, ["n", n_pathways]),
+         helper.make_tensor_value_info("exact", TensorProto.BOOL, ["n"])],
+        inits,
+    )
+    return _finish(graph, f"scdr head finite differences away from ReLU kinks (h = {h:g})")
+
+
+def _shifted_fd_graph(head: nn.Sequential, n_pathways: int, h: float) -> onnx.ModelProto:
     """pathways [n, P] -> slopes [n, P]: the head's central finite differences
     ``(f(z + h e_j) - f(z - h e_j)) / 2h`` along every pathway j, for integrated gradients.
 
@@ -181,12 +232,16 @@ def build_head_fd_graph(head: nn.Sequential, n_pathways: int, h: float = FD_STEP
         helper.make_node("Split", ["fd.logits", "fd.halves"], ["fd.plus", "fd.minus"], axis=1),
         helper.make_node("Sub", ["fd.plus", "fd.minus"], ["fd.diff"]),
         helper.make_node("Mul", ["fd.diff", "fd.inv_2h"], ["slopes"]),
+        helper.make_node("Shape", ["pathways"], ["fd.shape"], start=0, end=1),
+        helper.make_node("ConstantOfShape", ["fd.shape"], ["exact"],
+                         value=helper.make_tensor("one", TensorProto.BOOL, [1], [True])),
     ]
     graph = helper.make_graph(
         nodes,
         "scdr_head_fd",
         [helper.make_tensor_value_info("pathways", TensorProto.FLOAT, ["n", n_pathways])],
-        [helper.make_tensor_value_info("slopes", TensorProto.FLOAT, ["n", n_pathways])],
+        [helper.make_tensor_value_info("slopes", TensorProto.FLOAT, ["n", n_pathways]),
+         helper.make_tensor_value_info("exact", TensorProto.BOOL, ["n"])],
         inits,
     )
     return _finish(graph, f"scdr head finite differences: pathways -> slopes (h = {h:g})")
