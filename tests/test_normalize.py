@@ -71,3 +71,16 @@ def test_bad_values_raise(bundle_dir, bad):
     m = sp.csr_matrix(np.array([[1.0, 2.0], [bad, 1.0]], dtype=np.float32))
     with pytest.raises(InputError, match="negative, NaN or infinite"):
         _run(m, np.array([0, -1], np.int32), present, bundle.normalization)
+
+
+def test_vectorised_log1p_is_as_accurate_as_float32_log():
+    """The polynomial log1p agrees with float64 log1p as closely as np.log(1 + x) in float32."""
+    from scoring.normalize import _log1p_inplace
+
+    x = np.concatenate([np.linspace(0, 2, 200_001), np.geomspace(2, 1e7, 200_001)]).astype(np.float32)
+    got = x.copy()
+    _log1p_inplace(got)
+    want = np.log1p(x.astype(np.float64))
+    plain = np.log(np.float32(1) + x).astype(np.float64)
+    err, plain_err = np.abs(got - want), np.abs(plain - want)
+    assert np.all(err <= np.maximum(2 * plain_err, 4e-7 * np.maximum(want, 1.0)))
