@@ -7,9 +7,9 @@ the quadrature sum:
 
     IG_j = (p_j - b_j) * sum_k w_k * [f(b + a_k (p - b) + h e_j) - f(b + a_k (p - b) - h e_j)] / 2h
 
-Bundles that ship ``head_fd.onnx`` compute all 2P differences of a point in one graph that shares
-the head's first layer (about 1/P of the cost); for the others, the kernel perturbs each point
-``±h`` along each pathway and ``head.onnx`` evaluates the 2P copies.
+Bundles that ship ``head_fd.onnx`` get all differences of a point from that one small graph (points
+it flags as near a ReLU kink are redone through ``head.onnx``); for the others, each point is
+shifted ``±h`` along each pathway and ``head.onnx`` evaluates the 2P copies.
 
 Completeness (sum_j IG_j == f(p) - f(b)) is checked per cell and reported as a relative gap.
 Gene level (selected cells): the same through ``model.onnx``, perturbing only the genes whose
@@ -32,7 +32,7 @@ FD_STEP = 1e-3
 GAP_FLOOR = 0.1  # logit units: below this |f(x) - f(b)|, the gap is measured against 0.1
 SLOPE_TOLERANCE = 1e-2  # head_fd.onnx vs head.onnx differences, relative to the largest slope
 _BATCH_VALUES = 8_000_000  # floats per ONNX Runtime call (32 MB of path points)
-_SLOPE_POINTS = 1024  # path points per head_fd.onnx call: its [points, 2P, hidden] fits the cache
+_SLOPE_POINTS = 1024  # path points per call for their differences (intermediates fit the cache)
 
 
 @dataclass
@@ -103,22 +103,13 @@ class IntegratedGradients:
         x = np.ascontiguousarray(x, dtype=np.float32)
         n, d = x.shape
         values = np.zeros((n, d), np.float32)
-        if self.slopes is not None:
-            points = np.empty((n * len(self.alphas), d), np.float32)
-            _plain_path_points(x, self.baseline, self.alphas, points)
-            slopes = np.empty_like(points)
-            for lo in range(0, points.shape[0], _SLOPE_POINTS):
-                slopes[lo : lo + _SLOPE_POINTS] = self._slopes(points[lo : lo + _SLOPE_POINTS])
-            _reduce_slopes(slopes, x, self.baseline, self.weights, values)
-            return self._checked(x, values)
-        rows_per_cell = len(self.alphas) * 2 * d
-        per_call = max(1, _BATCH_VALUES // max(rows_per_cell * d, 1))
-        for lo in range(0, n, per_call):
-            block = x[lo : lo + per_call]
-            points = np.empty((block.shape[0] * rows_per_cell, d), np.float32)
-            _path_points(block, self.baseline, self.alphas, np.float32(self.h), points)
-            f = self._logit(points)
-            _reduce(f, block, self.baseline, self.weights, self.h, values[lo : lo + per_call])
+        points = np.empty((n * len(self.alphas), d), np.float32)
+        _path_points(x, self.baseline, self.alphas, points)
+        slopes_at = self._head_differences if self.slopes is None else self._slopes
+        slopes = np.empty(points.shape, np.float64 if self.slopes is None else np.float32)
+        for lo in range(0, points.shape[0], _SLOPE_POINTS):
+            slopes[lo : lo + _SLOPE_POINTS] = slopes_at(points[lo : lo + _SLOPE_POINTS])
+        _reduce_slopes(slopes, x, self.baseline, self.weights, values)
         return self._checked(x, values)
 
     def attribute_features(self, x: np.ndarray) -> Attribution:
@@ -172,7 +163,7 @@ class IntegratedGradients:
         """Central differences of head.onnx along every feature: 2 x features evaluations per
         point."""
         n, d = points.shape
-        out = np.empty((n, d), np.float32)
+        out = np.empty((n, d), np.float64)
         per_call = max(1, _BATCH_VALUES // (2 * d * d))
         for lo in range(0, n, per_call):
             block = points[lo : lo + per_call]
@@ -190,7 +181,7 @@ class IntegratedGradients:
         d = self.baseline.shape[0]
         rng = np.random.default_rng(0)
         points = np.vstack([self.baseline, rng.standard_normal((7, d)).astype(np.float32)])
-        want = self._head_differences(points).astype(np.float64)
+        want = self._head_differences(points)
         got = self._slopes(points).astype(np.float64)
         scale = max(float(np.abs(want).max()), 1e-3)
         if not np.allclose(got, want, rtol=0, atol=SLOPE_TOLERANCE * scale):
@@ -199,25 +190,7 @@ class IntegratedGradients:
 
 
 @numba.njit(parallel=True, cache=True)
-def _path_points(x, baseline, alphas, h, out):  # pragma: no cover
-    n, d = x.shape
-    m = alphas.shape[0]
-    for c in numba.prange(n):
-        for k in range(m):
-            a = alphas[k]
-            base_row = (c * m + k) * 2 * d
-            for j in range(d):
-                r_plus = base_row + 2 * j
-                for i in range(d):
-                    v = baseline[i] + a * (x[c, i] - baseline[i])
-                    out[r_plus, i] = v
-                    out[r_plus + 1, i] = v
-                out[r_plus, j] += h
-                out[r_plus + 1, j] -= h
-
-
-@numba.njit(parallel=True, cache=True)
-def _plain_path_points(x, baseline, alphas, out):  # pragma: no cover
+def _path_points(x, baseline, alphas, out):  # pragma: no cover
     n, d = x.shape
     m = alphas.shape[0]
     for c in numba.prange(n):
@@ -237,19 +210,6 @@ def _reduce_slopes(slopes, x, baseline, weights, out):  # pragma: no cover
             for k in range(m):
                 s += weights[k] * np.float64(slopes[c * m + k, j])
             out[c, j] = (x[c, j] - baseline[j]) * s
-
-
-@numba.njit(parallel=True, cache=True)
-def _reduce(f, x, baseline, weights, h, out):  # pragma: no cover
-    n, d = x.shape
-    m = weights.shape[0]
-    for c in numba.prange(n):
-        for j in range(d):
-            s = 0.0
-            for k in range(m):
-                r = ((c * m + k) * d + j) * 2
-                s += weights[k] * (np.float64(f[r]) - np.float64(f[r + 1]))
-            out[c, j] = (x[c, j] - baseline[j]) * s / (2.0 * h)
 
 
 @numba.njit(parallel=True, cache=True)
