@@ -111,22 +111,24 @@ class RangeReader:
         if self._map is None:
             self._map = mmap.mmap(self._fd, 0, prot=mmap.PROT_READ)
         ranges = [(at, at + n * size) for at, n in runs]
-        for start, stop in ranges:  # map the pages now (on the reading thread), not on first use
-            page = start - start % mmap.PAGESIZE
-            with contextlib.suppress(OSError, ValueError):
-                self._map.madvise(MADV_POPULATE_READ, page, stop - page)
+        self._advise(MADV_POPULATE_READ, ranges)  # map the pages now, on the reading thread
         views = [np.frombuffer(self._map, self.dtype, count=n, offset=at) for at, n in runs]
         self._release(ranges)
         return views[0] if len(views) == 1 else np.concatenate(views)
 
     def _release(self, ranges: list[tuple[int, int]]) -> None:
-        assert self._map is not None
         self._mapped.append(ranges)
         while len(self._mapped) > 2:
-            for start, stop in self._mapped.pop(0):
-                page = start - start % mmap.PAGESIZE
-                with contextlib.suppress(OSError, ValueError):
-                    self._map.madvise(mmap.MADV_DONTNEED, page, stop - page)
+            self._advise(mmap.MADV_DONTNEED, self._mapped.pop(0))
+
+    def _advise(self, option: int, ranges: list[tuple[int, int]]) -> None:
+        """madvise the mapping over byte ranges (widened to whole pages); advice the kernel
+        does not know is ignored."""
+        assert self._map is not None
+        for start, stop in ranges:
+            page = start - start % mmap.PAGESIZE
+            with contextlib.suppress(OSError, ValueError):
+                self._map.madvise(option, page, stop - page)
 
     def _read_chunk(self, job: tuple[int, int, int, np.ndarray]) -> None:
         k, lo, hi, out = job
@@ -134,8 +136,7 @@ class RangeReader:
         a, b = max(lo, start), min(hi, start + self.chunk, self.n)  # elements wanted from chunk k
         size = self.dtype.itemsize
         dest = out[a - lo : b - lo].view(np.uint8)
-        filtered = self.deflate or self.shuffle
-        if not filtered or mask & self._all_filters == self._all_filters:
+        if mask & self._all_filters == self._all_filters:  # every filter skipped: stored raw
             if stored != self.chunk * size:
                 raise InputError(f"{self.what}: a chunk holds {stored:,} bytes, not "
                                  f"{self.chunk * size:,}; the file is damaged")

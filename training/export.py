@@ -146,12 +146,9 @@ def build_head_fd_graph(head: nn.Sequential, n_pathways: int, h: float = FD_STEP
         raise ExportError("head_fd.onnx needs a head that starts with Linear(n_pathways, ...)")
     kinds = [type(m) for m in layers]
     if kinds != [nn.Linear, nn.ReLU, nn.Linear] or layers[2].out_features != 1:
-        return _shifted_fd_graph(head, n_pathways, h)
-
-    def array(t: torch.Tensor) -> np.ndarray:
-        return t.detach().cpu().numpy().astype(np.float64)
-
-    w1, b1, w2 = array(layers[0].weight), array(layers[0].bias), array(layers[2].weight)[0]
+        return _shifted_fd_graph(layers, n_pathways, h)
+    w1, b1 = _array(layers[0].weight, np.float64), _array(layers[0].bias, np.float64)
+    w2 = _array(layers[2].weight, np.float64)[0]
     inits = [
         numpy_helper.from_array(w1.T.astype(np.float32), "fd.w1_t"),  # [P, H]
         numpy_helper.from_array(b1.astype(np.float32), "fd.b1"),
@@ -171,37 +168,22 @@ def build_head_fd_graph(head: nn.Sequential, n_pathways: int, h: float = FD_STEP
         helper.make_node("ReduceMax", ["fd.near_f"], ["fd.any_near"], axes=[1], keepdims=0),
         helper.make_node("Equal", ["fd.any_near", "fd.zero"], ["exact"]),  # [n]
     ]
-    graph = helper.make_graph(
-        nodes,
-        "scdr_head_fd",
-        [helper.make_tensor_value_info("pathways", TensorProto.FLOAT, ["n", n_pathways])],
-        [helper.make_tensor_value_info("slopes", TensorProto.FLOAT, ["n", n_pathways]),
-         helper.make_tensor_value_info("exact", TensorProto.BOOL, ["n"])],
-        inits,
-    )
-    return _finish(graph, f"scdr head finite differences away from ReLU kinks (h = {h:g})")
+    return _fd_model(nodes, inits, n_pathways,
+                     f"scdr head finite differences away from ReLU kinks (h = {h:g})")
 
 
-def _shifted_fd_graph(head: nn.Sequential, n_pathways: int, h: float) -> onnx.ModelProto:
-    """pathways [n, P] -> slopes [n, P]: the head's central finite differences
-    ``(f(z + h e_j) - f(z - h e_j)) / 2h`` along every pathway j, for integrated gradients.
+def _shifted_fd_graph(layers: list[nn.Module], n_pathways: int, h: float) -> onnx.ModelProto:
+    """The general graph for a Linear/ReLU stack starting with Linear(n_pathways, H).
 
-    The head's first layer is affine, so ``W (z ± h e_j) + b = (W z + b) ± h W[:, j]``: the graph
+    The first layer is affine, so ``W (z ± h e_j) + b = (W z + b) ± h W[:, j]``: the graph
     evaluates the first layer once per point and shifts its output by ``±h W[:, j]``, laid out
     ``[n, hidden, 2P]`` so that every later layer is one batched matrix product from the left.
     The same differences as 2P full head evaluations per point, at about 1/P of their cost."""
-    layers = [m for m in head if not isinstance(m, nn.Dropout)]
-    if not layers or not isinstance(layers[0], nn.Linear) or layers[0].in_features != n_pathways:
-        raise ExportError("head_fd.onnx needs a head that starts with Linear(n_pathways, ...)")
-
-    def array(t: torch.Tensor) -> np.ndarray:
-        return t.detach().cpu().numpy().astype(np.float32)
-
     first = layers[0]
-    shifts = h * array(first.weight)  # [H, P]: column j is h W[:, j]
+    shifts = h * _array(first.weight)  # [H, P]: column j is h W[:, j]
     inits = [
-        numpy_helper.from_array(array(first.weight).T.copy(), "fd.0.weight_t"),
-        numpy_helper.from_array(array(first.bias), "fd.0.bias"),
+        numpy_helper.from_array(_array(first.weight).T.copy(), "fd.0.weight_t"),
+        numpy_helper.from_array(_array(first.bias), "fd.0.bias"),
         numpy_helper.from_array(np.concatenate([shifts, -shifts], axis=1), "fd.shifts"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "fd.axis1"),
         numpy_helper.from_array(np.array([2], dtype=np.int64), "fd.axis2"),
@@ -218,8 +200,8 @@ def _shifted_fd_graph(head: nn.Sequential, n_pathways: int, h: float) -> onnx.Mo
     for i, layer in enumerate(layers[1:], start=1):
         out = f"fd.{i}.out"
         if isinstance(layer, nn.Linear):
-            inits.append(numpy_helper.from_array(array(layer.weight), f"fd.{i}.weight"))
-            inits.append(numpy_helper.from_array(array(layer.bias)[:, None].copy(), f"fd.{i}.bias"))
+            inits.append(numpy_helper.from_array(_array(layer.weight), f"fd.{i}.weight"))
+            inits.append(numpy_helper.from_array(_array(layer.bias)[:, None].copy(), f"fd.{i}.bias"))
             nodes.append(helper.make_node("MatMul", [f"fd.{i}.weight", current], [f"fd.{i}.matmul"]))
             nodes.append(helper.make_node("Add", [f"fd.{i}.matmul", f"fd.{i}.bias"], [out]))
         elif isinstance(layer, nn.ReLU):
@@ -236,6 +218,13 @@ def _shifted_fd_graph(head: nn.Sequential, n_pathways: int, h: float) -> onnx.Mo
         helper.make_node("ConstantOfShape", ["fd.shape"], ["exact"],
                          value=helper.make_tensor("one", TensorProto.BOOL, [1], [True])),
     ]
+    return _fd_model(nodes, inits, n_pathways,
+                     f"scdr head finite differences: pathways -> slopes (h = {h:g})")
+
+
+def _fd_model(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], n_pathways: int,
+              doc: str) -> onnx.ModelProto:
+    """head_fd.onnx's signature around ``nodes``: pathways [n, P] -> slopes [n, P], exact [n]."""
     graph = helper.make_graph(
         nodes,
         "scdr_head_fd",
@@ -244,7 +233,11 @@ def _shifted_fd_graph(head: nn.Sequential, n_pathways: int, h: float) -> onnx.Mo
          helper.make_tensor_value_info("exact", TensorProto.BOOL, ["n"])],
         inits,
     )
-    return _finish(graph, f"scdr head finite differences: pathways -> slopes (h = {h:g})")
+    return _finish(graph, doc)
+
+
+def _array(t: torch.Tensor, dtype: type = np.float32) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(dtype)
 
 
 def add_head_fd(bundle_dir: str | Path, h: float = FD_STEP) -> dict:
