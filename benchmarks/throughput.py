@@ -14,6 +14,7 @@ subset + densify + torch forward of the same network) and celltypist's annotate 
 the same panel. Prints a table, writes JSON and CSV under ``benchmarks/results/``.
 """
 
+import contextlib
 import csv
 import json
 import os
@@ -313,29 +314,39 @@ def stage_io_parallel(path: Path, bundle: Path) -> dict:
     return {"cells": n, "seconds": time.perf_counter() - t0}
 
 
+@contextlib.contextmanager
+def _scorer(path: Path, bundle: Path):
+    """The scorer's pieces on ``path``: (source, normalise(chunk, out) -> x, predictor), with
+    the Numba kernel compiled and warmed outside any timing."""
+    from scoring.bundle import load_bundle
+    from scoring.genes import match_genes
+    from scoring.h5ad import open_counts
+    from scoring.inference import make_predictor
+    from scoring.normalize import normalize_chunk
+
+    b = load_bundle(bundle)
+    with open_counts(path) as src:
+        match = match_genes(src.var_names, b.symbols, b.ensembl_ids)
+
+        def normalize(chunk, out=None):
+            return normalize_chunk(chunk.data, chunk.indices, chunk.indptr, match.gene_map,
+                                   match.present, b.normalization, out=out)[0]
+
+        normalize(next(src.chunks(16, prefetch=False)))
+        yield src, normalize, make_predictor(b, DEVICE)
+
+
 def _pipeline(prefetch: bool):
     def run(path: Path, bundle: Path) -> dict:
         """read -> normalise -> forward over the file, nothing written; ``prefetch`` reads the next
         chunk on a worker thread meanwhile (what scdr-score does)."""
-        from scoring.bundle import load_bundle
         from scoring.engine import DEFAULT_CHUNK_SIZE
-        from scoring.genes import match_genes
-        from scoring.h5ad import open_counts
-        from scoring.inference import make_predictor
-        from scoring.normalize import normalize_chunk
 
-        b = load_bundle(bundle)
-        with open_counts(path) as src:
-            match = match_genes(src.var_names, b.symbols, b.ensembl_ids)
-            pred = make_predictor(b, DEVICE)
-            first = next(src.chunks(16, prefetch=False))
-            normalize_chunk(first.data, first.indices, first.indptr, match.gene_map, match.present,
-                            b.normalization)
+        with _scorer(path, bundle) as (src, normalize, pred):
             t0 = time.perf_counter()
             out = None
             for chunk in src.chunks(DEFAULT_CHUNK_SIZE, prefetch=prefetch):
-                x, _ = normalize_chunk(chunk.data, chunk.indices, chunk.indptr, match.gene_map,
-                                       match.present, b.normalization, out=out)
+                x = normalize(chunk, out)
                 out = x if out is None or x.shape[0] > out.shape[0] else out
                 pred.predict(x)
             return {"cells": src.n_obs, "seconds": time.perf_counter() - t0}
@@ -344,20 +355,8 @@ def _pipeline(prefetch: bool):
 
 def _scorer_stages(path: Path, bundle: Path) -> dict:
     """Time read, normalise and forward of the scorer separately over the whole file."""
-    from scoring.bundle import load_bundle
-    from scoring.genes import match_genes
-    from scoring.h5ad import open_counts
-    from scoring.inference import make_predictor
-    from scoring.normalize import normalize_chunk
-
-    b = load_bundle(bundle)
     times = {"read": 0.0, "normalize": 0.0, "forward": 0.0}
-    with open_counts(path) as src:
-        match = match_genes(src.var_names, b.symbols, b.ensembl_ids)
-        pred = make_predictor(b, DEVICE)
-        first = next(src.chunks(16, prefetch=False))  # compile/warm the kernel outside the timings
-        normalize_chunk(first.data, first.indices, first.indptr, match.gene_map, match.present,
-                        b.normalization)
+    with _scorer(path, bundle) as (src, normalize, pred):
         it = src.chunks(CHUNK, prefetch=False)
         while True:
             t0 = time.perf_counter()
@@ -366,8 +365,7 @@ def _scorer_stages(path: Path, bundle: Path) -> dict:
             times["read"] += t1 - t0
             if chunk is None:
                 break
-            x, _ = normalize_chunk(chunk.data, chunk.indices, chunk.indptr, match.gene_map,
-                                   match.present, b.normalization)
+            x = normalize(chunk)
             t2 = time.perf_counter()
             pred.predict(x)
             times["normalize"] += t2 - t1
