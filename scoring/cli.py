@@ -244,22 +244,22 @@ def _output_paths(drug_names: list[str], output: str | None,
     return paths
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (a pipeline's timeout, a batch system) is handled like Ctrl-C: outputs aborted.
-    Raised where the signal lands, unless that is inside a destructor (Python would print the
-    exception there and drop it): then the streaming loop raises it after the current chunk."""
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (a pipeline's timeout, a batch system) and Ctrl-C abort the outputs.
+
+    The first signal is only recorded: the streaming loop raises it after the current chunk,
+    because raised where it lands (inside a JIT compiler's clean-up, a destructor) it can leave
+    a library half torn down and be printed and dropped. A second signal raises at once."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
     INTERRUPTED.set()
-    while frame is not None:
-        if frame.f_code.co_name == "__del__":
-            return
-        frame = frame.f_back
-    raise KeyboardInterrupt
 
 
 def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> None:
     """Run, turning every failure into one line on stderr, an exit code and a summary."""
     INTERRUPTED.clear()
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         result = run()
         result["status"] = "ok"

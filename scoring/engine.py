@@ -36,8 +36,8 @@ from scoring.output import ExplainWriter, TableWriter
 from scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
 
 DEFAULT_CHUNK_SIZE = 8192
-# set by a signal handler that could not raise where the signal landed (inside a destructor,
-# where Python would print the exception and drop it); the streaming loop raises it
+# set by the CLI's signal handler (SIGTERM, Ctrl-C); the streaming loop raises it between chunks,
+# where nothing is half done
 INTERRUPTED = threading.Event()
 MIN_COVERAGE = 0.5
 MAX_GENE_CELLS = 100
