@@ -134,3 +134,30 @@ def test_quick_evaluation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert 0.0 <= rows.loc[evaluate.FULL, "pooled_auroc_mean"] <= 1.0
     assert np.isfinite(rows.loc["logistic regression", "bulk_cv_auroc_mean"])
     assert "| erlotinib | marker |" in capsys.readouterr().out
+
+
+@needs_data
+def test_depth_check_thins_to_target_and_matches_the_evaluation(tmp_path: Path) -> None:
+    """benchmarks/depth_robustness.py: thinning reaches the stated genes per cell without adding
+    counts, and at full depth the shipped erlotinib bundle and the EGFR marker give the
+    evaluation's own figures (seed-0 full model 0.954, marker 0.991)."""
+    import depth_robustness
+
+    plates = [depth_robustness._read_plate(DATA / "singlecell" / f"sc_celseq2_5cl_{p}.h5ad")
+              for p in depth_robustness.PLATES]
+    thinned = depth_robustness._thin(plates, 1000.0, seed=0)
+    for (full, _, _), thin in zip(plates, thinned, strict=True):
+        assert np.diff(thin.indptr).mean() == pytest.approx(1000, rel=0.02)
+        assert ((full - thin).toarray() >= 0).all()
+    out = tmp_path / "depth.csv"
+    assert depth_robustness.main(["--data", str(DATA), "--drugs", "erlotinib", "--seeds", "0",
+                                  "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("depth")
+    assert list(table.index) == list(depth_robustness.DEPTHS)
+    runs = pd.read_csv(ROOT / "benchmarks" / "results" / "evaluation_runs.csv")
+    shipped = runs[(runs.drug == "erlotinib") & (runs.method == evaluate.FULL) & (runs.seed == 0)]
+    full = table.loc["full (CEL-seq2)"]
+    assert full["model_auroc"] == pytest.approx(float(shipped["pooled_auroc"].iloc[0]), abs=1e-3)
+    assert full["marker_auroc"] == pytest.approx(0.991, abs=0.001)
+    assert full["same_call"] == 1.0
+    assert 0.0 <= table["same_call"].min() <= 1.0
