@@ -7,7 +7,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +281,30 @@ def _normalization(card: dict[str, Any], root: Path) -> Normalization:
         raise BundleError(f"{root}/card.json: gene_std must be finite and positive")
     if gene_mean is not None and not np.all(np.isfinite(gene_mean)):
         raise BundleError(f"{root}/card.json: gene_mean must be finite")
+    if norm.get("depth_stats") is not None:
+        recipe = replace(recipe, **_depth_stats(norm["depth_stats"], n, f"{root}/card.json"))
     return recipe
+
+
+def _depth_stats(block: Any, n: int, where: str) -> dict[str, np.ndarray]:
+    """Step 5b's grid: ascending detection rates in [0, 1] and, per rate, finite gene means and
+    positive SDs for every panel gene."""
+    try:
+        rate = np.asarray(block["detection_rate"], dtype=np.float64)
+        mean = np.asarray(block["gene_mean"], dtype=np.float64)
+        std = np.asarray(block["gene_std"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: bad normalization.depth_stats ({e})") from None
+    k = rate.shape[0] if rate.ndim == 1 else 0
+    if k < 2 or not (np.all(np.isfinite(rate)) and np.all(np.diff(rate) > 0)
+                     and rate[0] >= 0 and rate[-1] <= 1):
+        raise BundleError(f"{where}: depth_stats.detection_rate must be 2 or more increasing "
+                          "rates in [0, 1]")
+    if mean.shape != (k, n) or std.shape != (k, n):
+        raise BundleError(f"{where}: depth_stats.gene_mean/gene_std must be {k} rows of {n}")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise BundleError(f"{where}: depth_stats must be finite, with positive gene_std")
+    return {"depth_rate": rate, "depth_mean": mean, "depth_std": std}
 
 
 # --- ONNX wire format: just enough to find tensors stored as external data --------------------

@@ -2,7 +2,8 @@
 
 The recipe is the card's (see ``exported_models/README.md``): library size over all genes of the
 cell, scale to ``target_sum``, log1p, gather into panel order (summing features that map to the
-same panel gene), z-score within the cell over the present panel genes, per-gene affine, clip.
+same panel gene), z-score within the cell over the present panel genes, per-gene standardisation
+(at the cell's own detection rate when the card has depth statistics), clip.
 """
 
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ class Normalization:
     gene_mean: np.ndarray | None
     gene_std: np.ndarray | None
     clip: float | None
+    depth_rate: np.ndarray | None = None  # [K] ascending detection rates (step 5b)
+    depth_mean: np.ndarray | None = None  # [K, n_panel]
+    depth_std: np.ndarray | None = None  # [K, n_panel]
 
 
 def normalize_chunk(
@@ -53,14 +57,12 @@ def normalize_chunk(
     out = out[:n_cells]
     status = np.empty(n_cells, dtype=np.int8)
     skip_scale = normalized_input or recipe.target_sum is None
-    empty = np.zeros(0, dtype=np.float64)
     _normalize_csr(
         data, indices, indptr, gene_map, present.astype(np.uint8),
         -1.0 if skip_scale else float(recipe.target_sum),
         recipe.log1p and not normalized_input,
         recipe.cell_zscore,
-        empty if recipe.gene_mean is None else recipe.gene_mean,
-        empty if recipe.gene_std is None else recipe.gene_std,
+        *_stats_grid(recipe, n_panel),
         -1.0 if recipe.clip is None else float(recipe.clip),
         out, status, 8 * numba.get_num_threads(),
     )
@@ -76,14 +78,27 @@ def normalize_chunk(
     return out, status
 
 
+def _stats_grid(recipe: Normalization, n_panel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 5 as a grid over detection rate of affines ``z = y * a + b`` (a = 1/SD, b = -mean/SD):
+    the card's depth rows, or its one row of gene statistics (identity without) at rate 0."""
+    if recipe.depth_rate is not None:
+        rate, mean, std = recipe.depth_rate, recipe.depth_mean, recipe.depth_std
+    elif recipe.gene_mean is not None:
+        rate, mean, std = np.zeros(1), recipe.gene_mean[None], recipe.gene_std[None]
+    else:
+        rate, mean, std = np.zeros(1), np.zeros((1, n_panel)), np.ones((1, n_panel))
+    return (np.asarray(rate, np.float64), np.asarray(1.0 / std, np.float32),
+            np.asarray(-mean / std, np.float32))
+
+
 @numba.njit(parallel=True, cache=True)
 def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1p,
-                   cell_zscore, gene_mean, gene_std, clip, out, status,
+                   cell_zscore, grid_rate, grid_scale, grid_shift, clip, out, status,
                    n_blocks):  # pragma: no cover
     """Per cell, each stored entry is touched once by a vectorised check-and-sum pass and once
     by a branch-free gather (genes outside the panel land in scratch slots); then the touched
-    panel genes are log-transformed and one vectorised pass applies ``z = y * a_g + b_g``
-    (z-score and gene affine folded, absent genes 0)."""
+    panel genes are log-transformed and one vectorised pass z-scores the cell, standardises each
+    gene with the statistics at the cell's detection rate and clips (absent genes 0)."""
     n_cells = indptr.shape[0] - 1
     n_panel = out.shape[1]
     n_vars = gene_map.shape[0]
@@ -93,18 +108,10 @@ def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1
     for j in range(n_vars):
         slot[j] = gene_map[j] if gene_map[j] >= 0 else n_panel + j % SCRATCH
     n_present = 0
+    keep = np.zeros(n_panel, np.float32)  # absent genes end at 0
     for g in range(n_panel):
         n_present += present[g]
-    # per-gene factors with the absent-gene mask folded in: z = ((y - mu) / sd - m_g) / s_g
-    scale_g = np.zeros(n_panel, np.float32)
-    shift_g = np.zeros(n_panel, np.float32)
-    for g in range(n_panel):
-        if present[g]:
-            if gene_mean.shape[0] == n_panel:
-                scale_g[g] = 1.0 / gene_std[g]
-                shift_g[g] = -gene_mean[g] / gene_std[g]
-            else:
-                scale_g[g] = 1.0
+        keep[g] = present[g]
     lo_clip = np.float32(-clip if clip > 0.0 else -np.inf)
     hi_clip = np.float32(clip if clip > 0.0 else np.inf)
     # cells in contiguous blocks, one per task: each block allocates its scratch rows once
@@ -115,14 +122,15 @@ def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1
         vals = np.empty(n_panel, np.float32)
         for i in range(blk * n_cells // n_blocks, (blk + 1) * n_cells // n_blocks):
             status[i] = _normalize_cell(data, indices, indptr[i], indptr[i + 1], n_vars, slot,
-                                        target_sum, do_log1p, cell_zscore, n_present, scale_g,
-                                        shift_g, lo_clip, hi_clip, acc, touched, vals, out[i])
+                                        target_sum, do_log1p, cell_zscore, n_present, keep,
+                                        grid_rate, grid_scale, grid_shift, lo_clip, hi_clip, acc,
+                                        touched, vals, out[i])
 
 
 @numba.njit(cache=True, inline="always")
 def _normalize_cell(data, indices, lo, hi, n_vars, slot, target_sum, do_log1p, cell_zscore,
-                    n_present, scale_g, shift_g, lo_clip, hi_clip, acc, touched, vals,
-                    row):  # pragma: no cover
+                    n_present, keep, grid_rate, grid_scale, grid_shift, lo_clip, hi_clip, acc,
+                    touched, vals, row):  # pragma: no cover
     """One cell into ``row``; returns its status."""
     n_panel = row.shape[0]
     lib, bad_value, bad_index = _check_and_sum(data[lo:hi], indices[lo:hi], n_vars)
@@ -157,9 +165,26 @@ def _normalize_cell(data, indices, lo, hi, n_vars, slot, target_sum, do_log1p, c
         mean = s1 / n_present
         var = s2 / n_present - mean * mean
         inv_sd = 1.0 / np.sqrt(var) if var > 0.0 else 0.0
-    _affine_clip(acc, scale_g, shift_g, np.float32(inv_sd), np.float32(mean * inv_sd),
-                 lo_clip, hi_clip, row)
+    k, t = _grid_position(grid_rate, n_touched / n_present if n_present > 0 else 0.0)
+    k1 = min(k + 1, grid_rate.shape[0] - 1)
+    _standardize_clip(acc, np.float32(inv_sd), np.float32(mean * inv_sd), grid_scale[k],
+                      grid_scale[k1], grid_shift[k], grid_shift[k1], np.float32(t), keep, lo_clip,
+                      hi_clip, row)
     return 0
+
+
+@numba.njit(cache=True)
+def _grid_position(grid, r):  # pragma: no cover
+    """Row ``k`` and weight ``t`` of rate ``r`` between grid rows k and k+1 (clamped at the ends)."""
+    n = grid.shape[0]
+    if n == 1 or r <= grid[0]:
+        return 0, 0.0
+    if r >= grid[n - 1]:
+        return n - 1, 0.0
+    k = 0
+    while grid[k + 1] <= r:
+        k += 1
+    return k, (r - grid[k]) / (grid[k + 1] - grid[k])
 
 
 @numba.njit(cache=True, fastmath={"reassoc", "contract"})
@@ -178,12 +203,15 @@ def _check_and_sum(values, idx, n_vars):  # pragma: no cover
 
 
 @numba.njit(cache=True, fastmath={"contract"})
-def _affine_clip(y, scale_g, shift_g, inv_sd, mean_inv_sd, lo, hi, row):  # pragma: no cover
-    """``row[g] = clip(y[g] * a_g + b_g)`` with the cell's z-score folded into a_g and b_g."""
+def _standardize_clip(y, inv_sd, mean_inv_sd, a_lo, a_hi, b_lo, b_hi, t, keep, lo, hi,
+                      row):  # pragma: no cover
+    """``row[g] = clip((y[g] * inv_sd - mean_inv_sd) * a_g + b_g) * keep[g]``: the cell's
+    z-score, then the gene affines of two grid rows blended at weight ``t``; vectorises."""
     for g in range(row.shape[0]):
-        a = scale_g[g] * inv_sd
-        z = y[g] * a + (shift_g[g] - mean_inv_sd * scale_g[g])
-        row[g] = min(max(z, lo), hi)
+        a = a_lo[g] + t * (a_hi[g] - a_lo[g])
+        b = b_lo[g] + t * (b_hi[g] - b_lo[g])
+        z = (y[g] * inv_sd - mean_inv_sd) * a + b
+        row[g] = min(max(z, lo), hi) * keep[g]
 
 
 @numba.njit(cache=True, fastmath={"contract"})

@@ -119,6 +119,7 @@ def reference_normalize(
             continue
         x = np.zeros(n_panel)
         np.add.at(x, gene_map[gene_map >= 0], row[gene_map >= 0])
+        rate = (x[present] > 0).sum() / max(present.sum(), 1)  # before scaling: detected genes
         if not normalized_input:
             x = x * card_norm["target_sum"] / lib
             x = np.log1p(x)
@@ -126,13 +127,29 @@ def reference_normalize(
             v = x[present]
             sd = 0.0 if np.all(v == v[0]) else v.std()  # numpy's mean of equal values can be
             x = (x - v.mean()) / sd if sd > 0 else np.zeros(n_panel)  # 1 ulp off: a fake SD
-        if mean_g is not None:
+        if card_norm.get("depth_stats") is not None:  # step 5b: statistics at the cell's rate
+            x = _at_rate(card_norm["depth_stats"], x, rate)
+        elif mean_g is not None:
             x = (x - np.asarray(mean_g)) / np.asarray(std_g)
         if card_norm.get("clip") is not None:
             x = np.clip(x, -card_norm["clip"], card_norm["clip"])
         x[~present] = 0
         out[i] = x
     return out, zero
+
+
+def _at_rate(depth: dict, x: np.ndarray, rate: float) -> np.ndarray:
+    """Step 5b for one cell: standardised with the grid rows around its rate and blended
+    linearly, the end row beyond the grid (from the contract's wording, apart from both halves)."""
+    grid = list(depth["detection_rate"])
+    mean, std = np.asarray(depth["gene_mean"], float), np.asarray(depth["gene_std"], float)
+    if rate <= grid[0]:
+        return (x - mean[0]) / std[0]
+    if rate >= grid[-1]:
+        return (x - mean[-1]) / std[-1]
+    k = max(i for i, g in enumerate(grid) if g <= rate)
+    t = (rate - grid[k]) / (grid[k + 1] - grid[k])
+    return (1 - t) * (x - mean[k]) / std[k] + t * (x - mean[k + 1]) / std[k + 1]
 
 
 def _head_nodes(w2: np.ndarray, b2: np.ndarray, w3: np.ndarray | None,

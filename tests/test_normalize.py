@@ -84,3 +84,65 @@ def test_vectorised_log1p_is_as_accurate_as_float32_log():
     plain = np.log(np.float32(1) + x).astype(np.float64)
     err, plain_err = np.abs(got - want), np.abs(plain - want)
     assert np.all(err <= np.maximum(2 * plain_err, 4e-7 * np.maximum(want, 1.0)))
+
+
+def test_depth_statistics_follow_each_cells_detection_rate(example_counts, bundle_dir, tmp_path):
+    """Step 5b: with depth statistics in the card, every cell is standardised with the gene
+    statistics at its own detection rate (interpolated, clamped at the grid's ends), as the
+    contract's reference computes; thinned copies of the cells span the grid."""
+    import shutil
+
+    m, var, _ = example_counts
+    rng = np.random.default_rng(0)
+    thin = m.copy()
+    thin.data = rng.binomial(thin.data.astype(np.int64), 0.05).astype(np.float32)
+    thin.eliminate_zeros()
+    cells = sp.vstack([m, thin]).tocsr()
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, folder)
+    card = json.loads((folder / "card.json").read_text())
+    n = len(card["genes"]["symbols"])
+    match = match_genes(var, card["genes"]["symbols"], card["genes"]["ensembl_ids"])
+    dense = cells.toarray()
+    gathered = np.zeros((dense.shape[0], n))
+    np.add.at(gathered.T, match.gene_map[match.gene_map >= 0], dense.T[match.gene_map >= 0])
+    rates = (gathered[:, match.present] > 0).mean(axis=1)
+    grid = np.quantile(rates, [0.05, 0.25, 0.45])  # cells below, between and above the grid rows
+    card["normalization"]["depth_stats"] = {
+        "detection_rate": grid.tolist(),
+        "gene_mean": rng.normal(0, 0.5, (3, n)).tolist(),
+        "gene_std": rng.uniform(0.5, 2.0, (3, n)).tolist(),
+    }
+    (folder / "card.json").write_text(json.dumps(card))
+    recipe = load_bundle(folder).normalization
+    got, status = _run(cells, match.gene_map, match.present, recipe)
+    want, zero = reference_normalize(dense, match.gene_map, match.n_panel, card["normalization"])
+    assert (rates < grid[0]).any() and (rates > grid[-1]).any()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=5e-5)
+    assert (status == 0).all() and not zero.any()
+    without, _ = _run(cells, match.gene_map, match.present, load_bundle(bundle_dir).normalization)
+    assert np.abs(got - without).max() > 0.1  # the grid is used, not the card's single row
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: d.update(detection_rate=[0.3, 0.2]), "increasing"),
+    (lambda d: d.update(detection_rate=[0.1]), "2 or more"),
+    (lambda d: d.update(gene_mean=d["gene_mean"][:1]), "rows of"),
+    (lambda d: d["gene_std"][1].__setitem__(0, 0.0), "positive gene_std"),
+])
+def test_bad_depth_statistics_refuse_the_bundle(bundle_dir, tmp_path, edit, words):
+    import shutil
+
+    from scoring.errors import BundleError
+
+    folder = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, folder)
+    card = json.loads((folder / "card.json").read_text())
+    n = len(card["genes"]["symbols"])
+    depth = {"detection_rate": [0.1, 0.4], "gene_mean": [[0.0] * n] * 2, "gene_std": [[1.0] * n, [1.0] * n]}
+    depth["gene_std"] = [list(r) for r in depth["gene_std"]]
+    edit(depth)
+    card["normalization"]["depth_stats"] = depth
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match=words):
+        load_bundle(folder)

@@ -74,9 +74,13 @@ def test_bundle_follows_the_contract(bundle: Path):
         "gene_mean",
         "gene_std",
         "clip",
+        "depth_stats",
     }
     assert len(norm["gene_mean"]) == len(norm["gene_std"]) == n_genes
     assert min(norm["gene_std"]) > 0
+    depth = norm["depth_stats"]  # the targets thinned: rates fall, the full-depth row is the card's
+    assert np.all(np.diff(depth["detection_rate"]) > 0) and 0 < depth["detection_rate"][0] < 0.2
+    assert depth["gene_mean"][-1] == norm["gene_mean"] and depth["gene_std"][-1] == norm["gene_std"]
     n_paths = len(card["pathways"]["names"])
     assert card["pathways"]["source"].startswith("MSigDB Hallmark")
     assert set(card["reference_pathways"]) == {"bulk_mean", "single_cell_mean"}
@@ -217,6 +221,8 @@ def _normalised_plate(bundle: Path) -> tuple[dict, np.ndarray]:
         gene_std=np.asarray(spec["gene_std"]),
         clip=spec["clip"],
     )
+    depth = spec["depth_stats"]  # scoring standardises each cell at its own detection rate
+    norm = norm.with_depth_stats(depth["detection_rate"], depth["gene_mean"], depth["gene_std"])
     cells = load_single_cell(PLATE)
     out = normalize_cells(
         cells.counts, cells.features, card["genes"]["symbols"], card["genes"]["ensembl_ids"], norm
@@ -227,3 +233,23 @@ def _normalised_plate(bundle: Path) -> tuple[dict, np.ndarray]:
 def _sha(path: Path) -> str:
     """sha256 of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_data
+def test_add_depth_stats_reproduces_the_trained_block(bundle: Path, tmp_path: Path):
+    """A bundle without depth statistics gets exactly those scdr-train writes, from its own
+    target files; a file other than the one it was trained on is refused."""
+    import shutil
+
+    from training.depth import add_depth_stats
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    card = json.loads((copy / "card.json").read_text())
+    trained = card["normalization"].pop("depth_stats")
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="was trained on"):
+        add_depth_stats(copy, [DATA / "singlecell" / "sc_celseq2_5cl_p2.h5ad"])
+    upgraded = add_depth_stats(copy, [PLATE])
+    assert upgraded["normalization"]["depth_stats"] == trained
+    assert _sha(copy / "model.onnx") == _sha(bundle / "model.onnx")

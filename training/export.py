@@ -54,9 +54,14 @@ def export_bundle(out_dir: str | Path, module: ScdrModule, card: dict, parity_x:
     _write_atomic(out / "model.onnx", model_bytes)
     _write_atomic(out / "head.onnx", head_bytes)
     _write_atomic(out / "head_fd.onnx", fd_bytes)
-    text = json.dumps(_jsonable(card), indent=1, allow_nan=False) + "\n"
-    _write_atomic(out / "card.json", text.encode("utf-8"))
+    write_card(out, card)
     return card
+
+
+def write_card(bundle_dir: Path, card: dict) -> None:
+    """card.json, atomically (written last: a bundle is complete once its card is there)."""
+    text = json.dumps(_jsonable(card), indent=1, allow_nan=False) + "\n"
+    _write_atomic(bundle_dir / "card.json", text.encode("utf-8"))
 
 
 def make_card(
@@ -250,8 +255,7 @@ def add_head_fd(bundle_dir: str | Path, h: float = FD_STEP) -> dict:
     fd_bytes = build_head_fd_graph(head, len(card["pathways"]["names"]), h).SerializeToString()
     card["files"]["head_fd.onnx"] = {"sha256": hashlib.sha256(fd_bytes).hexdigest(), "fd_step": h}
     _write_atomic(root / "head_fd.onnx", fd_bytes)
-    _write_atomic(root / "card.json", (json.dumps(_jsonable(card), indent=1, allow_nan=False)
-                                       + "\n").encode("utf-8"))
+    write_card(root, card)
     return card
 
 

@@ -9,6 +9,11 @@ as float32, as `scoring` does.
 Gene standardisation (step 5) uses per-domain statistics during training: bulk rows with means
 and SDs over the training bulk lines, cells with means and SDs over the (unlabelled) target
 cells. The card carries the single-cell statistics, which is what `scoring` applies to cells.
+
+Sequencing depth shifts every gene's standardised value (fewer detected genes: more zeros, larger
+non-zero values), so the card may also carry statistics of the target cells thinned to lower depths
+(`training/depth.py`); scoring then standardises each cell with the statistics interpolated at its
+own detection rate (step 5b), and calls do not drift with the protocol's depth.
 """
 
 from __future__ import annotations
@@ -32,10 +37,18 @@ class Normalization:
     gene_std: np.ndarray | None = None  # float64 [n_panel]
     clip: float | None = 10.0
     accepts_normalized: bool = True
+    depth_rate: np.ndarray | None = None  # float64 [K], ascending detection rates
+    depth_mean: np.ndarray | None = None  # float64 [K, n_panel]
+    depth_std: np.ndarray | None = None  # float64 [K, n_panel]
 
     def with_gene_stats(self, mean: np.ndarray, std: np.ndarray) -> Normalization:
         """A copy with step-5 statistics set."""
         return replace(self, gene_mean=np.asarray(mean, float), gene_std=np.asarray(std, float))
+
+    def with_depth_stats(self, rate: np.ndarray, mean: np.ndarray, std: np.ndarray) -> Normalization:
+        """A copy with step-5b statistics (one row per detection rate) set."""
+        return replace(self, depth_rate=np.asarray(rate, float), depth_mean=np.asarray(mean, float),
+                       depth_std=np.asarray(std, float))
 
     def to_card(self) -> dict:
         """The card's `normalization` object (JSON-ready)."""
@@ -47,6 +60,11 @@ class Normalization:
             "gene_mean": None if self.gene_mean is None else [float(x) for x in self.gene_mean],
             "gene_std": None if self.gene_std is None else [float(x) for x in self.gene_std],
             "clip": self.clip,
+            **({} if self.depth_rate is None else {"depth_stats": {
+                "detection_rate": [float(x) for x in self.depth_rate],
+                "gene_mean": [[float(x) for x in row] for row in self.depth_mean],
+                "gene_std": [[float(x) for x in row] for row in self.depth_std],
+            }}),
         }
 
 
@@ -68,7 +86,22 @@ def normalize_cells(
 ) -> NormalizedCells:
     """Steps 1-7 for raw counts [cells x features] onto the panel; float64 math, float32 out."""
     scaled, present, zero = scale_cells(counts, features, symbols, ensembl_ids, norm)
-    return NormalizedCells(standardize(scaled, present, zero, norm), present, zero)
+    rate = None if norm.depth_rate is None else detection_rate(counts, features, symbols, ensembl_ids)
+    return NormalizedCells(standardize(scaled, present, zero, norm, rate), present, zero)
+
+
+def detection_rate(counts: sp.spmatrix, features: list[str], symbols: list[str],
+                   ensembl_ids: list[str | None]) -> np.ndarray:
+    """Step 5b's depth measure: per cell, the fraction of the panel genes present in the file
+    that have a positive count (0 when none is present)."""
+    gene_map = match_features(features, symbols, ensembl_ids)
+    rows = np.flatnonzero(gene_map >= 0)
+    gather = sp.csr_matrix((np.ones(rows.size), (rows, gene_map[rows])),
+                           shape=(len(features), len(symbols)))
+    summed = sp.csr_matrix(sp.csr_matrix(counts, dtype=np.float64) @ gather)
+    n_present = np.unique(gene_map[rows]).size
+    detected = np.asarray((summed > 0).sum(axis=1), dtype=np.float64).ravel()
+    return detected / n_present if n_present else np.zeros(counts.shape[0])
 
 
 def scale_cells(
@@ -101,16 +134,33 @@ def scale_cells(
     return y, present, zero
 
 
-def standardize(y: np.ndarray, present: np.ndarray, zero: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Steps 5-7: gene standardisation, clip, absent genes and empty cells to 0; float32 out."""
+def standardize(y: np.ndarray, present: np.ndarray, zero: np.ndarray, norm: Normalization,
+                rate: np.ndarray | None = None) -> np.ndarray:
+    """Steps 5-7: gene standardisation, clip, absent genes and empty cells to 0; float32 out.
+    With the cells' detection ``rate`` and depth statistics in ``norm``, step 5b replaces step 5
+    (scoring does this; training standardises its target cells with the pooled statistics)."""
     y = np.array(y, dtype=np.float64, copy=True)
-    if norm.gene_mean is not None and norm.gene_std is not None:
+    if rate is not None and norm.depth_rate is not None:
+        y = depth_standardize(y, norm, rate)
+    elif norm.gene_mean is not None and norm.gene_std is not None:
         y = (y - norm.gene_mean) / norm.gene_std
     if norm.clip is not None:
         np.clip(y, -norm.clip, norm.clip, out=y)
     y[:, ~present] = 0.0
     y[zero] = 0.0
     return y.astype(np.float32)
+
+
+def depth_standardize(y: np.ndarray, norm: Normalization, rate: np.ndarray) -> np.ndarray:
+    """Step 5b: each cell standardised with the two grid rows around its detection rate and the
+    results blended linearly in the rate (the end row beyond the grid)."""
+    grid = norm.depth_rate
+    r = np.clip(np.asarray(rate, float), grid[0], grid[-1])
+    k = np.clip(np.searchsorted(grid, r, side="right") - 1, 0, len(grid) - 2)
+    t = ((r - grid[k]) / (grid[k + 1] - grid[k]))[:, None]
+    lo = (y - norm.depth_mean[k]) / norm.depth_std[k]
+    hi = (y - norm.depth_mean[k + 1]) / norm.depth_std[k + 1]
+    return (1 - t) * lo + t * hi
 
 
 def normalize_bulk(values: np.ndarray, norm: Normalization) -> np.ndarray:

@@ -27,6 +27,7 @@ from training.data import (
     normalize_line_name,
     sha256_file,
 )
+from training.depth import depth_stats
 from training.drugs import find_drug
 from training.export import export_bundle, make_card
 from training.genesets import (
@@ -205,7 +206,9 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
     say(f"panel: {len(panel.symbols)} genes, {len(mask.names)} pathways ({panel.report})")
     base = Normalization()
     scaled = [scale_cells(c.counts, c.features, panel.symbols, panel.ensembl_ids, base) for c in cells]
-    cell_norm = base.with_gene_stats(*gene_stats(scaled))
+    cell_norm = base.with_gene_stats(*gene_stats(scaled)).with_depth_stats(
+        *depth_stats([c.counts for c in cells], [c.features for c in cells], panel.symbols,
+                     panel.ensembl_ids, base))
     blocks, targets = [], []
     for c, (y_cells, present, zero) in zip(cells, scaled, strict=True):
         values = standardize(y_cells, present, zero, cell_norm)

@@ -1,0 +1,88 @@
+"""Gene statistics of the target cells at lower sequencing depths (the card's step 5b).
+
+A model's single-cell gene statistics come from its target files; a droplet dataset scored later
+detects fewer genes per cell, which shifts every standardised value and moves calls across the
+threshold. Thinning the target counts binomially (what shallower sequencing of the same cells
+does) gives the statistics at each depth, indexed by the cells' mean detection rate; scoring
+interpolates them at each cell's own rate. Label-free: only the unlabelled targets are used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.normalize import Normalization, detection_rate, gene_stats, scale_cells
+
+KEEP_FRACTIONS = (1.0, 0.5, 0.25, 0.12, 0.06, 0.03)  # of each count; 1.0 = the files as they are
+SEED = 0
+
+
+def depth_stats(
+    counts: list[sp.spmatrix],
+    features: list[list[str]],
+    symbols: list[str],
+    ensembl_ids: list[str | None],
+    base: Normalization,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detection rates [K] (ascending) and gene means and SDs [K x panel] of the target cells
+    thinned to each of ``KEEP_FRACTIONS``; the full-depth row is the card's ``gene_mean``/``gene_std``."""
+    rng = np.random.default_rng(SEED)
+    rates, means, stds = [], [], []
+    for keep in KEEP_FRACTIONS:
+        blocks, level_rates = [], []
+        for c, f in zip(counts, features, strict=True):
+            thinned = _thin(sp.csr_matrix(c), keep, rng)
+            y, present, zero = scale_cells(thinned, f, symbols, ensembl_ids, base)
+            blocks.append((y, present, zero))
+            level_rates.append(detection_rate(thinned, f, symbols, ensembl_ids)[~zero])
+        mean, std = gene_stats(blocks)
+        rates.append(float(np.concatenate(level_rates).mean()))
+        means.append(mean)
+        stds.append(std)
+    order = np.argsort(rates)
+    if np.any(np.diff(np.asarray(rates)[order]) <= 0):
+        raise ValueError("thinning did not lower the detection rate: targets too sparse for depth statistics")
+    return np.asarray(rates)[order], np.asarray(means)[order], np.asarray(stds)[order]
+
+
+def _thin(counts: sp.csr_matrix, keep: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """Each count kept with probability ``keep`` (integer counts; non-integers rounded first)."""
+    if keep >= 1.0:
+        return counts
+    out = counts.copy()
+    out.data = rng.binomial(np.rint(out.data).astype(np.int64), keep).astype(np.float64)
+    out.eliminate_zeros()
+    return out
+
+
+def add_depth_stats(bundle_dir: str | Path, targets: list[str | Path]) -> dict:
+    """Give an existing bundle its depth statistics (no retraining; the ONNX files are untouched).
+    ``targets`` are the files it was trained on; each must match the card's recorded sha256."""
+    from training.data import load_single_cell, sha256_file
+    from training.export import write_card
+
+    root = Path(bundle_dir)
+    card = json.loads((root / "card.json").read_text())
+    recorded = {t["file"]: t["sha256"] for t in card["training"]["data"]["targets"]}
+    paths = [Path(p) for p in targets]
+    if sorted(p.name for p in paths) != sorted(recorded):
+        raise ValueError(f"{root} was trained on {sorted(recorded)}, not {[p.name for p in paths]}")
+    for p in paths:
+        if sha256_file(p) != recorded[p.name]:
+            raise ValueError(f"{p} differs from the file {root} was trained on (sha256)")
+    cells = [load_single_cell(p) for p in paths]
+    genes, spec = card["genes"], card["normalization"]
+    base = Normalization(target_sum=spec["target_sum"], log1p=spec["log1p"],
+                         cell_zscore=spec["cell_zscore"], clip=spec["clip"])
+    rate, mean, std = depth_stats([c.counts for c in cells], [c.features for c in cells],
+                                  genes["symbols"], genes["ensembl_ids"], base)
+    if not (np.array_equal(mean[-1], spec["gene_mean"]) and np.array_equal(std[-1], spec["gene_std"])):
+        raise ValueError(f"{root}: the targets do not reproduce the card's gene statistics")
+    card["normalization"] = base.with_gene_stats(mean[-1], std[-1]).with_depth_stats(
+        rate, mean, std).to_card()
+    write_card(root, card)
+    return card
