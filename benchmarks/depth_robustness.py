@@ -30,7 +30,9 @@ from evaluate import EVAL_SENSITIVE, MODELS, RESULTS, auroc, gdsc_ln_ic50, read_
 from make_atlas import _thinning_probability  # noqa: E402
 
 from scoring import score  # noqa: E402
+from training.depth import thin  # noqa: E402
 from training.drugs import DRUGS  # noqa: E402
+from training.normalize import Normalization, scale_cells  # noqa: E402
 from training.panel import load_gene_ids  # noqa: E402
 
 PLATES = ("p1", "p2", "p3")
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     drugs = args.drugs.split(",") if args.drugs else [d.name for d in DRUGS]
     gene_ids = load_gene_ids([args.data / "genes" / "hgnc_genes.tsv.gz",
                               args.data / "genes" / "gencode_v22_genes.tsv.gz"])
-    markers = {d: [gene_ids.resolve(g) for g in gs] for d, gs in read_markers().items()}
+    markers = {d: (gs, [gene_ids.resolve(g) for g in gs]) for d, gs in read_markers().items()}
     full = {d: _calls(_thin(plates, None, 0), plates, d, markers) for d in drugs}
     rows = []
     for depth, target in DEPTHS.items():
@@ -77,15 +79,7 @@ def _read_plate(path: Path) -> tuple[sp.csr_matrix, list[str], pd.DataFrame]:
 def _thin(plates: list, target: float | None, seed: int) -> list[sp.csr_matrix]:
     """Binomially thin each plate to ``target`` detected genes per cell on average (None: as is)."""
     rng = np.random.default_rng(seed)
-    out = []
-    for c, _, _ in plates:
-        c = c.copy()
-        p = _thinning_probability(c, target)
-        if p < 1.0:
-            c.data = rng.binomial(c.data.astype(np.int64), p).astype(np.float32)
-            c.eliminate_zeros()
-        out.append(c)
-    return out
+    return [thin(c, _thinning_probability(c, target), rng) for c, _, _ in plates]
 
 
 def _calls(counts: list[sp.csr_matrix], plates: list, drug: str, markers: dict) -> dict[str, np.ndarray]:
@@ -97,15 +91,14 @@ def _calls(counts: list[sp.csr_matrix], plates: list, drug: str, markers: dict) 
 
 def _plate_calls(counts: sp.csr_matrix, genes: list[str], drug: str, markers: dict) -> dict:
     table = score(counts, model=MODELS / drug, gene_names=genes)
-    lib = np.asarray(counts.sum(axis=1)).ravel()
+    symbols, ensembl_ids = markers.get(drug, ([], []))
     marker = None
-    if markers.get(drug):
-        cols = [genes.index(g) for g in markers[drug] if g in genes]
-        scaled = sp.diags(1e4 / np.maximum(lib, 1)) @ counts[:, cols]
-        marker = np.log1p(scaled.toarray()).sum(axis=1)
+    if symbols:  # log1p CP10k summed over the target genes, as evaluate.py scores the marker
+        log_cp10k = Normalization(cell_zscore=False, clip=None)
+        marker = scale_cells(counts, genes, symbols, ensembl_ids, log_cp10k)[0].sum(axis=1)
     return {"probability": table.probability.astype(float),
             "sensitive": table.label == "sensitive",
-            "zero": table.zero_counts | (lib == 0),
+            "zero": table.zero_counts,
             "marker": marker}
 
 

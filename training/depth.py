@@ -29,13 +29,14 @@ def depth_stats(
     base: Normalization,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detection rates [K] (ascending) and gene means and SDs [K x panel] of the target cells
-    thinned to each of ``KEEP_FRACTIONS``; the full-depth row is the card's ``gene_mean``/``gene_std``."""
+    thinned to each of ``KEEP_FRACTIONS``; the last (full-depth) row is the card's
+    ``gene_mean``/``gene_std``."""
     rng = np.random.default_rng(SEED)
     rates, means, stds = [], [], []
     for keep in KEEP_FRACTIONS:
         blocks, level_rates = [], []
         for c, f in zip(counts, features, strict=True):
-            thinned = _thin(sp.csr_matrix(c), keep, rng)
+            thinned = thin(sp.csr_matrix(c), keep, rng)
             y, present, zero = scale_cells(thinned, f, symbols, ensembl_ids, base)
             blocks.append((y, present, zero))
             level_rates.append(detection_rate(thinned, f, symbols, ensembl_ids)[~zero])
@@ -49,8 +50,9 @@ def depth_stats(
     return np.asarray(rates)[order], np.asarray(means)[order], np.asarray(stds)[order]
 
 
-def _thin(counts: sp.csr_matrix, keep: float, rng: np.random.Generator) -> sp.csr_matrix:
-    """Each count kept with probability ``keep`` (integer counts; non-integers rounded first)."""
+def thin(counts: sp.csr_matrix, keep: float, rng: np.random.Generator) -> sp.csr_matrix:
+    """Shallower sequencing of the same cells: each count kept with probability ``keep``
+    (integer counts; non-integers rounded first)."""
     if keep >= 1.0:
         return counts
     out = counts.copy()
@@ -82,7 +84,6 @@ def add_depth_stats(bundle_dir: str | Path, targets: list[str | Path]) -> dict:
                                   genes["symbols"], genes["ensembl_ids"], base)
     if not (np.array_equal(mean[-1], spec["gene_mean"]) and np.array_equal(std[-1], spec["gene_std"])):
         raise ValueError(f"{root}: the targets do not reproduce the card's gene statistics")
-    card["normalization"] = base.with_gene_stats(mean[-1], std[-1]).with_depth_stats(
-        rate, mean, std).to_card()
+    spec["depth_stats"] = base.with_depth_stats(rate, mean, std).to_card()["depth_stats"]
     write_card(root, card)
     return card

@@ -94,14 +94,10 @@ def detection_rate(counts: sp.spmatrix, features: list[str], symbols: list[str],
                    ensembl_ids: list[str | None]) -> np.ndarray:
     """Step 5b's depth measure: per cell, the fraction of the panel genes present in the file
     that have a positive count (0 when none is present)."""
-    gene_map = match_features(features, symbols, ensembl_ids)
-    rows = np.flatnonzero(gene_map >= 0)
-    gather = sp.csr_matrix((np.ones(rows.size), (rows, gene_map[rows])),
-                           shape=(len(features), len(symbols)))
-    summed = sp.csr_matrix(sp.csr_matrix(counts, dtype=np.float64) @ gather)
-    n_present = np.unique(gene_map[rows]).size
-    detected = np.asarray((summed > 0).sum(axis=1), dtype=np.float64).ravel()
-    return detected / n_present if n_present else np.zeros(counts.shape[0])
+    y, present = _gather_panel(sp.csr_matrix(counts, dtype=np.float64), features, symbols, ensembl_ids)
+    if not present.any():
+        return np.zeros(y.shape[0])
+    return (y[:, present] > 0).sum(axis=1) / present.sum()
 
 
 def scale_cells(
@@ -112,15 +108,9 @@ def scale_cells(
     norm: Normalization,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 1-4: library size, gather, scale, log1p, cell z-score (float64, absent genes 0)."""
-    gene_map = match_features(features, symbols, ensembl_ids)
-    n_panel = len(symbols)
     counts = sp.csr_matrix(counts, dtype=np.float64)
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-    rows = np.flatnonzero(gene_map >= 0)
-    gather = sp.csr_matrix((np.ones(rows.size), (rows, gene_map[rows])), shape=(len(features), n_panel))
-    y = np.asarray((counts @ gather).todense(), dtype=np.float64)
-    present = np.zeros(n_panel, dtype=bool)
-    present[gene_map[rows]] = True
+    y, present = _gather_panel(counts, features, symbols, ensembl_ids)
     zero = library == 0
     if norm.target_sum is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -132,6 +122,19 @@ def scale_cells(
     if norm.cell_zscore:
         y = _cell_zscore(y, present)
     return y, present, zero
+
+
+def _gather_panel(counts: sp.csr_matrix, features: list[str], symbols: list[str],
+                  ensembl_ids: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Step 2: the counts summed into panel order [cells x panel] (absent genes 0) and the mask
+    of panel genes the file has."""
+    gene_map = match_features(features, symbols, ensembl_ids)
+    rows = np.flatnonzero(gene_map >= 0)
+    gather = sp.csr_matrix((np.ones(rows.size), (rows, gene_map[rows])),
+                           shape=(len(features), len(symbols)))
+    present = np.zeros(len(symbols), dtype=bool)
+    present[gene_map[rows]] = True
+    return np.asarray((counts @ gather).todense(), dtype=np.float64), present
 
 
 def standardize(y: np.ndarray, present: np.ndarray, zero: np.ndarray, norm: Normalization,

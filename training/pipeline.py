@@ -206,9 +206,9 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
     say(f"panel: {len(panel.symbols)} genes, {len(mask.names)} pathways ({panel.report})")
     base = Normalization()
     scaled = [scale_cells(c.counts, c.features, panel.symbols, panel.ensembl_ids, base) for c in cells]
-    cell_norm = base.with_gene_stats(*gene_stats(scaled)).with_depth_stats(
-        *depth_stats([c.counts for c in cells], [c.features for c in cells], panel.symbols,
-                     panel.ensembl_ids, base))
+    rate, mean, std = depth_stats([c.counts for c in cells], [c.features for c in cells],
+                                  panel.symbols, panel.ensembl_ids, base)
+    cell_norm = base.with_gene_stats(mean[-1], std[-1]).with_depth_stats(rate, mean, std)
     blocks, targets = [], []
     for c, (y_cells, present, zero) in zip(cells, scaled, strict=True):
         values = standardize(y_cells, present, zero, cell_norm)
