@@ -1,35 +1,38 @@
-"""Evaluate the transfer model and its baselines on the sc_mixology plates; print one table, write CSV.
+"""Evaluate the candidate recipes and their baselines on the sc_mixology plates; print the tables.
 
-    python benchmarks/evaluate.py --data ../shared/data [--drugs erlotinib,gefitinib] [--seeds 0,1,2]
-        [--epochs 200 --patience 20] [--methods ...] [--jobs 1] [--figure-drug erlotinib] [--quick]
+    python benchmarks/evaluate.py --data ../shared/data [--jobs 2]        # the protocol's sweep
+    python benchmarks/evaluate.py --data ../shared/data --shipped         # the shipped bundles
+    python benchmarks/evaluate.py --quick                                 # CI smoke run
 
-Protocol (fixed in issue 13 before any cell was scored):
+The protocol (`benchmarks/protocol.md`, committed before any candidate was scored on plate labels):
 * Training is bulk only: GDSC lines with the five plate lines held out, the label rule of
-  `training/drugs.py`, the shipped architecture and loss weights. The plates' cells enter only as
-  unlabelled alignment input (as in `scdr-train`); their labels and line names are read here,
-  after fitting, to score.
+  `training/drugs.py`. The plates' cells enter only as unlabelled alignment and distillation input;
+  their labels and line names are read here, after fitting, to score.
+* Every candidate of `training/recipes.py` is trained three times (seeds 0, 1, 2) per labelled drug
+  as `scdr-train` would (knowledge nodes, cross-fitted ensemble, Platt calibration, distilled
+  network); the distilled network's calibrated P(sensitive) is what is scored.
 * Evaluation labels (GDSC2-clear sensitivity consistent with the line's driver): erlotinib,
-  gefitinib: HCC827; afatinib, osimertinib: HCC827 and H1975; crizotinib: H2228. Other drugs
-  have no cell label; their figure is the line-level Spearman.
-* Labelled figures use singlets only (`demuxlet_cls == 'SNG'`): per-cell AUROC/AUPR on the pooled
-  plates and per plate. Line-level Spearman (all drugs): each line's mean score over its singlets
-  against minus its GDSC2 ln IC50 (first GDSC2 entry; GDSC1 where GDSC2 lacks the drug), so a
-  positive value means "ranks sensitive lines higher".
-* Methods on the same panel genes and the same normalised data: the target-gene marker
-  (`benchmarks/markers.csv`, log1p CP10k), logistic regression and random forest fitted on bulk,
-  and the transfer model in several configurations (see METHODS). Bulk 5-fold CV AUROC/AUPR for
-  the baselines here; for the full model from the shipped card (seed 0); not for ablations.
+  gefitinib: HCC827; afatinib, osimertinib: HCC827 and H1975; crizotinib: H2228. Figures use
+  singlets (`demuxlet_cls == 'SNG'`): pooled and per-plate AUROC/AUPR; line-level Spearman of each
+  line's mean score against minus its GDSC2 ln IC50; line calls (a line is called sensitive when at
+  least half its singlets are labelled sensitive) against GDSC's calls for the held-out lines.
+* Beside them, on the full panel and the same cells: the target-gene marker
+  (`benchmarks/markers.csv`, log1p CP10k), logistic regression and random forest fitted on bulk.
+* The one selection rule: highest mean over the labelled drugs of pooled AUROC (mean of the three
+  trainings); an earlier, simpler candidate within 0.005 of the best is selected instead.
+`--shipped` scores the plates with the shipped bundles through `scoring.score` (what users run):
+pooled AUROC for the labelled drugs, and the 60 drug x line calls of all 12 drugs against GDSC's,
+with the constant "everything resistant" beside them.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +46,12 @@ from train_all import inputs_for  # noqa: E402
 
 from training.data import load_single_cell  # noqa: E402
 from training.drugs import DRUGS, DrugSpec  # noqa: E402
+from training.ensemble import StudentConfig, distill, fit_ensemble, fold_calibration  # noqa: E402
 from training.normalize import Normalization, scale_cells  # noqa: E402
 from training.panel import load_gene_ids  # noqa: E402
 from training.pipeline import Prepared, prepare  # noqa: E402
-from training.train import TrainConfig, fit, predict  # noqa: E402
+from training.recipes import CANDIDATES, Recipe, find_recipe  # noqa: E402
+from training.train import predict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MARKERS = ROOT / "benchmarks" / "markers.csv"
@@ -59,31 +64,33 @@ EVAL_SENSITIVE: dict[str, tuple[str, ...]] = {
     "osimertinib": ("HCC827", "H1975"),
     "crizotinib": ("H2228",),
 }
-FULL = "full (adversarial)"
-METHODS: dict[str, dict] = {
-    # name: TrainConfig overrides, plus "dense_decoder" (an unmasked decoder, no pathway structure)
-    FULL: {},
-    "ours: MMD alignment": {"alignment": "mmd"},
-    "ours: no alignment": {"alignment": "none"},
-    "ours: no pathway decoder": {"w_recon": 0.0},
-    "SCAD recipe (DANN; no decoder)": {"w_recon": 0.0, "critic_steps": 1, "align_warmup": 0},
-    "scDEAL recipe (MMD; dense AE)": {"alignment": "mmd", "dense_decoder": True},
-}
+BASELINE_PANEL = "F-adv"  # the baselines use the full panel (shared by every F-* candidate)
 BASELINES = ("marker", "logistic regression", "random forest")
-QUICK = {"drugs": "erlotinib", "seeds": "0", "epochs": 5, "patience": 0, "methods": FULL,
-         "figure_drug": "", "rf_trees": 50}  # fmt: skip
+TIE = 0.005  # the selection rule's tie margin (protocol)
+QUICK = {"drugs": "erlotinib", "seeds": "0", "epochs": 5, "patience": 0, "recipes": "F-adv",
+         "members": 2, "student_epochs": 2, "rf_trees": 50}  # fmt: skip
 
 
 @dataclass
 class DrugData:
-    """One drug's prepared training data, cell metadata and evaluation targets."""
+    """One drug's prepared training data per panel, cell metadata and evaluation targets."""
 
     spec: DrugSpec
-    prep: Prepared
-    cells: pd.DataFrame  # one row per row of prep.cells_x: plate, line, singlet, label
+    preps: dict[tuple[bool, float], Prepared]  # (knowledge_only, min_detection) -> prepared data
+    cells: pd.DataFrame  # one row per prepared cell: plate, line, singlet, label
     ln_ic50: dict[str, float]  # plate line -> GDSC2 (else GDSC1) ln IC50
     ic50_source: str
     markers: list[str]
+    gdsc_calls: dict[str, bool]  # plate line -> GDSC's call by the training label rule
+
+    def prep(self, recipe: Recipe) -> Prepared:
+        """The prepared data of a recipe's panel."""
+        return self.preps[panel_key(recipe)]
+
+
+def panel_key(recipe: Recipe) -> tuple[bool, float]:
+    """What of a recipe changes the prepared data: its panel options."""
+    return (recipe.knowledge_only, recipe.min_detection)
 
 
 # ---------------------------------------------------------------- metrics
@@ -126,8 +133,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def cell_metrics(scores: np.ndarray, data: DrugData) -> dict[str, float]:
-    """Per-cell AUROC/AUPR (singlets, pooled and per plate) and the line-level Spearman."""
+def cell_metrics(scores: np.ndarray, data: DrugData, threshold: float | None = None) -> dict[str, float]:
+    """Per-cell AUROC/AUPR (singlets, pooled and per plate), line Spearman and, given a threshold, calls.
+
+    With `threshold` (probabilities): the fraction of singlets labelled sensitive, and how many
+    of the lines with a GDSC call get the same call (a line is called sensitive when at least half
+    of its singlets are labelled sensitive).
+    """
     cells = data.cells
     sng = cells["singlet"].to_numpy()
     out: dict[str, float] = {}
@@ -141,7 +153,22 @@ def cell_metrics(scores: np.ndarray, data: DrugData) -> dict[str, float]:
     lines = sorted(data.ln_ic50)
     means = [float(scores[sng & (cells["line"] == line).to_numpy()].mean()) for line in lines]
     out["spearman"] = spearman(np.array(means), -np.array([data.ln_ic50[x] for x in lines]))
+    if threshold is not None:
+        called = scores >= threshold
+        out["frac_sensitive"] = float(called[sng].mean())
+        calls = line_calls(called, data)
+        out["calls_agree"] = sum(calls[line] == gdsc for line, gdsc in data.gdsc_calls.items())
+        out["calls_n"] = len(data.gdsc_calls)
+        out["constant_agree"] = sum(not gdsc for gdsc in data.gdsc_calls.values())
     return out
+
+
+def line_calls(called: np.ndarray, data: DrugData) -> dict[str, bool]:
+    """Plate line -> called sensitive (at least half of its singlets labelled sensitive)."""
+    cells = data.cells
+    sng = cells["singlet"].to_numpy()
+    return {line: bool(called[sng & (cells["line"] == line).to_numpy()].mean() >= 0.5)
+            for line in PLATE_LINE}  # fmt: skip
 
 
 def bulk_cv(model_factory, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, float]:
@@ -160,24 +187,33 @@ def bulk_cv(model_factory, x: np.ndarray, y: np.ndarray, seed: int) -> dict[str,
 # ---------------------------------------------------------------- data
 
 
-def load_drug(spec: DrugSpec, data_dir: Path, counts: list, gene_ids, marker_table: dict) -> DrugData:
-    """Prepare bulk training data as scdr-train does, and line up the cells' metadata and labels."""
-    prep = prepare(inputs_for(spec, data_dir))
+def load_drug(
+    spec: DrugSpec, data_dir: Path, recipes: list[Recipe], counts: list, marker_table: dict
+) -> DrugData:
+    """Prepare bulk training data per panel as scdr-train does; line up the cells' metadata and labels."""
+    preps: dict[tuple[bool, float], Prepared] = {}
+    for recipe in [find_recipe(BASELINE_PANEL), *recipes]:
+        if panel_key(recipe) not in preps:
+            preps[panel_key(recipe)] = prepare(inputs_for(spec, data_dir, recipe))
+    base = preps[panel_key(find_recipe(BASELINE_PANEL))]
     frames = []
-    for path, c in zip(prep.inputs.targets, counts, strict=True):
+    for path, c in zip(base.inputs.targets, counts, strict=True):
         obs = _obs(path)
         keep = np.asarray(c.counts.sum(axis=1)).ravel() > 0  # prepare() drops zero-count cells
         frame = obs.loc[keep, ["cell_line", "demuxlet_cls"]].copy()
         frame["plate"] = Path(path).stem.rsplit("_", 1)[-1]
         frames.append(frame)
     cells = pd.concat(frames, ignore_index=True)
-    if len(cells) != len(prep.cells_x):
-        raise RuntimeError(f"{len(cells)} cells of metadata for {len(prep.cells_x)} prepared rows")
+    for prep in preps.values():
+        if len(cells) != len(prep.cells_x):
+            raise RuntimeError(f"{len(cells)} cells of metadata for {len(prep.cells_x)} prepared rows")
     cells = cells.rename(columns={"cell_line": "line"})
     cells["singlet"] = cells["demuxlet_cls"] == "SNG"
     cells["label"] = cells["line"].isin(EVAL_SENSITIVE.get(spec.name, ()))
     ln_ic50, source = gdsc_ln_ic50(spec, data_dir)
-    return DrugData(spec, prep, cells, ln_ic50, source, marker_table.get(spec.name, []))
+    calls = {line: bool(base.labels.holdout_calls[key]) for line, key in PLATE_LINE.items()
+             if base.labels.holdout_calls.get(key) is not None}  # fmt: skip
+    return DrugData(spec, preps, cells, ln_ic50, source, marker_table.get(spec.name, []), calls)
 
 
 def gdsc_ln_ic50(spec: DrugSpec, data_dir: Path) -> tuple[dict[str, float], str]:
@@ -226,38 +262,36 @@ def _obs(path: Path) -> pd.DataFrame:
 
 
 _DRUG: DrugData | None = None  # the drug being evaluated, shared with forked workers
+_THREADS = 2
 
 
-def fit_method(method: str, seed: int, epochs: int, patience: int, keep_latent: bool) -> dict:
-    """Fit one configuration of the transfer model on bulk + unlabelled cells; score the cells."""
+def fit_recipe(name: str, seed: int, args: dict) -> dict:
+    """Train one recipe as scdr-train does (ensemble, calibration, student) and score the cells."""
     import torch
 
     data = _DRUG
     assert data is not None
-    prep = data.prep
-    over = dict(METHODS[method])
-    dense = over.pop("dense_decoder", False)
-    config = replace(TrainConfig(seed=seed, epochs=epochs, patience=patience, threads=_THREADS), **over)
-    mask = np.ones_like(prep.mask.mask) if dense else prep.mask.mask
+    recipe = find_recipe(name)
+    prep = data.prep(recipe)
+    config = recipe.train_config(seed=seed, epochs=args["epochs"], patience=args["patience"],
+                                 threads=_THREADS)  # fmt: skip
     torch.set_num_threads(_THREADS)
     started = time.perf_counter()
-    result = fit(prep.bulk_x, prep.y, prep.cells_x, mask, config)
-    cells = predict(result.module, prep.cells_x)
-    out = {"method": method, "seed": seed, "score": cells["probability"],
-           "fit_s": time.perf_counter() - started, "best_epoch": result.best_epoch,
-           "val_auroc": result.val_metrics["auroc"]}  # fmt: skip
-    if keep_latent:
-        out["cell_z"] = cells["pathways"]
-        out["bulk_z"] = predict(result.module, prep.bulk_x)["pathways"]
-        out["bulk_p"] = predict(result.module, prep.bulk_x)["probability"]
-    return out
-
-
-_THREADS = 2
+    mask = prep.mask.mask
+    ensemble = fit_ensemble(prep.bulk_x, prep.y, prep.cells_x, mask, config, args["members"])
+    student, fidelity = distill(ensemble, prep.bulk_x, prep.cells_x, mask, config,
+                                StudentConfig(epochs=args["student_epochs"]))  # fmt: skip
+    fold_calibration(student, ensemble.calibration)
+    prob = predict(student, prep.cells_x)["probability"]
+    teacher = 1.0 / (1.0 + np.exp(-ensemble.calibration.apply(ensemble.logit(prep.cells_x))))
+    return {"method": name, "seed": seed, "score": prob, "teacher": teacher,
+            "fit_s": time.perf_counter() - started,
+            "bulk_cv_auroc": ensemble.cv["auroc_mean"], "bulk_cv_aupr": ensemble.cv["aupr_mean"],
+            "fidelity_r_cells": fidelity["cells"]["pearson_r"]}  # fmt: skip
 
 
 def evaluate_drug(data: DrugData, args: argparse.Namespace, counts: list, gene_ids) -> list[dict]:
-    """Every method x seed on one drug: a list of raw result rows (metrics, no scores)."""
+    """Every recipe x seed on one drug, plus the baselines: raw result rows (metrics, no scores)."""
     global _DRUG
     _DRUG = data
     name = data.spec.name
@@ -265,40 +299,33 @@ def evaluate_drug(data: DrugData, args: argparse.Namespace, counts: list, gene_i
     seeds = [int(s) for s in args.seeds.split(",")]
     if not args.skip_baselines:
         rows += baselines(data, args, counts, gene_ids, seeds)
-    methods = [m for m in args.methods.split(",") if m]
-    keep = name == args.figure_drug
-    tasks = [(m, s, args.epochs, args.patience, keep and s == seeds[0] and m in (FULL, "ours: no alignment"))
-             for s in seeds for m in methods]  # fmt: skip
+    opts = {"epochs": args.epochs, "patience": args.patience, "members": args.members,
+            "student_epochs": args.student_epochs}  # fmt: skip
+    tasks = [(m, s, opts) for m in _recipe_names(args) for s in seeds]
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=_fork()) as pool:
             fits = list(pool.map(_fit_star, tasks))
     else:
         fits = [_fit_star(t) for t in tasks]
-    card = MODELS / name / "card.json"
-    shipped_cv = _card_cv(card) if args.epochs == 200 and args.patience == 20 else {}
     for f in fits:
-        row = {"method": f["method"], "seed": f["seed"], "fit_s": f["fit_s"], "best_epoch": f["best_epoch"],
-               **cell_metrics(f["score"], data)}  # fmt: skip
-        if f["method"] == FULL and f["seed"] == 0:
-            row.update(shipped_cv)
+        row = {key: f[key] for key in ("method", "seed", "fit_s", "bulk_cv_auroc", "bulk_cv_aupr",
+                                       "fidelity_r_cells")}  # fmt: skip
+        row.update(cell_metrics(f["score"], data, threshold=0.5))
+        row["teacher_pooled_auroc"] = cell_metrics(f["teacher"], data).get("pooled_auroc", np.nan)
         rows.append(row)
         print(f"  {name} | {f['method']} | seed {f['seed']}: {_short(row)} ({f['fit_s']:.0f} s)",
               file=sys.stderr, flush=True)  # fmt: skip
-    if keep:
-        latents = {f["method"]: f for f in fits if "cell_z" in f}
-        if FULL in latents and "ours: no alignment" in latents:
-            clustering_view(data, latents["ours: no alignment"], latents[FULL], RESULTS)
     for r in rows:
         r["drug"] = name
     return rows
 
 
 def baselines(data: DrugData, args: argparse.Namespace, counts: list, gene_ids, seeds: list[int]) -> list:
-    """Marker, logistic regression and random forest rows (bulk-trained, same panel and cells)."""
+    """Marker, logistic regression and random forest rows (bulk-trained, full panel, same cells)."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
 
-    prep = data.prep
+    prep = data.prep(find_recipe(BASELINE_PANEL))
     rows: list[dict] = []
     score = marker_scores(data.markers, counts, gene_ids)
     if score is not None:
@@ -320,8 +347,8 @@ def baselines(data: DrugData, args: argparse.Namespace, counts: list, gene_ids, 
 
 
 def _fit_star(task: tuple) -> dict:
-    """fit_method with a tuple of arguments (for pool.map)."""
-    return fit_method(*task)
+    """fit_recipe with a tuple of arguments (for pool.map)."""
+    return fit_recipe(*task)
 
 
 def _fork():
@@ -331,81 +358,100 @@ def _fork():
     return multiprocessing.get_context("fork")
 
 
-def _card_cv(card: Path) -> dict[str, float]:
-    """The shipped model's bulk 5-fold CV from its card (same config and seed 0 as FULL seed 0)."""
-    import json
-
-    if not card.is_file():
-        return {}
-    cv = json.loads(card.read_text())["metrics"].get("bulk_cross_validation") or {}
-    return {"bulk_cv_auroc": cv.get("auroc_mean", math.nan), "bulk_cv_aupr": cv.get("aupr_mean", math.nan)}
+def _recipe_names(args: argparse.Namespace) -> list[str]:
+    """The recipes asked for (default: every candidate)."""
+    return [m for m in args.recipes.split(",") if m]
 
 
 def _short(row: dict) -> str:
     """A compact metrics string for progress lines."""
-    keys = ("pooled_auroc", "spearman")
+    keys = ("pooled_auroc", "spearman", "bulk_cv_auroc", "calls_agree")
     return " ".join(f"{k} {row[k]:.3f}" for k in keys if k in row)
 
 
-# ---------------------------------------------------------------- clustering view
+# ---------------------------------------------------------------- shipped bundles
 
 
-def clustering_view(data: DrugData, before: dict, after: dict, out_dir: Path) -> None:
-    """PCA of bulk lines and cells in the pathway latent, without and with alignment; PNG + silhouettes."""
-    import matplotlib
+def evaluate_shipped(data_dir: Path, out_dir: Path) -> int:
+    """Score the plates with every shipped bundle through scoring.score; print AUROC and line calls."""
+    from scoring import score
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.decomposition import PCA
-    from sklearn.metrics import silhouette_score
-
-    fig, axes = plt.subplots(2, 2, figsize=(11, 9))
-    lines = []
-    for row, (title, fitres) in enumerate((("no alignment", before), ("adversarial alignment", after))):
-        z = np.concatenate([fitres["bulk_z"], fitres["cell_z"]])
-        domain = np.r_[np.zeros(len(fitres["bulk_z"])), np.ones(len(fitres["cell_z"]))]
-        prob = np.r_[fitres["bulk_p"], fitres["score"]]
-        sil = float(silhouette_score(z, domain, random_state=0))
-        lines.append(f"{data.spec.name}, {title}: silhouette by domain {sil:.3f} (1 = separate, ~0 = mixed)")
-        pcs = PCA(2, random_state=0).fit_transform(z)
-        for col in range(2):
-            ax = axes[row, col]
-            if col == 0:
-                for d, colour, label in ((0, "tab:blue", "GDSC bulk lines"),
-                                         (1, "tab:orange", "plate cells")):  # fmt: skip
-                    ax.scatter(*pcs[domain == d].T, s=6, c=colour, alpha=0.6, label=label)
-                ax.legend(fontsize=8)
-                ax.set_title(f"{title}: by domain (silhouette {sil:.2f})", fontsize=10)
-            else:
-                sc = ax.scatter(*pcs.T, s=6, c=prob, cmap="viridis", vmin=0, vmax=1)
-                fig.colorbar(sc, ax=ax, label="P(sensitive)")
-                ax.set_title(f"{title}: by predicted sensitivity", fontsize=10)
-            ax.set_xlabel("PC1")
-            ax.set_ylabel("PC2")
-    fig.suptitle(f"{data.spec.name}: pathway latent (seed 0), bulk lines and sc_mixology cells")
-    fig.tight_layout()
+    plates = [data_dir / "singlecell" / f"sc_celseq2_5cl_p{i}.h5ad" for i in (1, 2, 3)]
+    obs = pd.concat([_obs(p).assign(plate=f"p{i}") for i, p in enumerate(plates, 1)], ignore_index=True)
+    rows = []
+    for spec in DRUGS:
+        bundle = MODELS / spec.name
+        if not (bundle / "card.json").is_file():
+            continue
+        prob = np.concatenate([score(p, model=bundle).probability for p in plates])
+        card_calls = _card_calls(bundle)
+        cells = pd.DataFrame({"line": obs["cell_line"], "singlet": obs["demuxlet_cls"] == "SNG",
+                              "plate": obs["plate"],
+                              "label": obs["cell_line"].isin(EVAL_SENSITIVE.get(spec.name, ()))})  # fmt: skip
+        ln_ic50, _ = gdsc_ln_ic50(spec, data_dir)
+        data = DrugData(spec, {}, cells, ln_ic50, "", [], card_calls)
+        metrics = cell_metrics(prob, data, threshold=_card_threshold(bundle))
+        called = line_calls(prob >= _card_threshold(bundle), data)
+        rows.append({"drug": spec.name, **metrics,
+                     **{f"call_{line}": ("S" if called[line] else "R") + "/"
+                        + ("S" if card_calls.get(line) else "R" if line in card_calls else "-")
+                        for line in PLATE_LINE}})  # fmt: skip
+    frame = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / f"latent_{data.spec.name}.png", dpi=110)
-    plt.close(fig)
+    frame.to_csv(out_dir / "shipped_plates.csv", index=False, float_format="%.5f")
+    lines = ["| drug | pooled AUROC | line Spearman | cells labelled sensitive | "
+             + " | ".join(f"{x} (ours/GDSC)" for x in PLATE_LINE) + " | calls agree | constant agrees |",
+             "|" + "---|" * (6 + len(PLATE_LINE))]  # fmt: skip
+    for r in rows:
+        auc = f"{r['pooled_auroc']:.3f}" if "pooled_auroc" in r else "—"
+        lines.append(f"| {r['drug']} | {auc} | {r['spearman']:.3f} | {100 * r['frac_sensitive']:.0f}% | "
+                     + " | ".join(r[f"call_{x}"] for x in PLATE_LINE)
+                     + f" | {r['calls_agree']}/{r['calls_n']} "
+                     f"| {r['constant_agree']}/{r['calls_n']} |")  # fmt: skip
+    agree, n, const = (int(frame[c].sum()) for c in ("calls_agree", "calls_n", "constant_agree"))
+    labelled = frame.dropna(subset=["pooled_auroc"]) if "pooled_auroc" in frame else frame.iloc[:0]
+    lines += ["", f"Line calls: {agree} of {n} agree with GDSC (constant 'all resistant': {const} of {n}). "
+              f"Mean pooled AUROC over the {len(labelled)} labelled drugs: "
+              f"{labelled['pooled_auroc'].mean():.3f}."]  # fmt: skip
     text = "\n".join(lines)
-    (out_dir / f"latent_{data.spec.name}_silhouette.txt").write_text(text + "\n")
+    (out_dir / "shipped_plates.md").write_text(text + "\n")
     print(text)
+    return 0
+
+
+def _card_calls(bundle: Path) -> dict[str, bool]:
+    """GDSC's calls for the held-out plate lines, as the card's label rule made them."""
+    import json
+
+    calls = json.loads((bundle / "card.json").read_text())["training"]["holdout_label_calls"]
+    return {line: calls[key] == "sensitive" for line, key in PLATE_LINE.items() if calls.get(key) is not None}
+
+
+def _card_threshold(bundle: Path) -> float:
+    """The bundle's decision threshold."""
+    import json
+
+    return float(json.loads((bundle / "card.json").read_text())["threshold"]["value"])
 
 
 # ---------------------------------------------------------------- table
 
 
 COLUMNS = ("pooled_auroc", "pooled_aupr", "p1_auroc", "p2_auroc", "p3_auroc", "spearman",
-           "bulk_cv_auroc", "bulk_cv_aupr")  # fmt: skip
+           "bulk_cv_auroc", "bulk_cv_aupr", "frac_sensitive", "calls_agree", "fidelity_r_cells",
+           "teacher_pooled_auroc")  # fmt: skip
+HEADERS = ("pooled AUROC", "pooled AUPR", "p1 AUROC", "p2 AUROC", "p3 AUROC", "line Spearman",
+           "bulk CV AUROC", "bulk CV AUPR", "cells sensitive", "line calls agree", "student r (cells)",
+           "ensemble pooled AUROC")  # fmt: skip
 
 
 def summarise(rows: list[dict]) -> pd.DataFrame:
-    """Mean and SD over seeds per (drug, method), in a fixed method order."""
+    """Mean, SD and range over seeds per (drug, method), baselines first, then the recipes in order."""
     frame = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in frame:
             frame[col] = np.nan
-    order = {m: i for i, m in enumerate([*BASELINES, *METHODS])}
+    order = {m: i for i, m in enumerate([*BASELINES, *(r.name for r in CANDIDATES)])}
     out = []
     for (drug, method), group in frame.groupby(["drug", "method"], sort=False):
         rec = {"drug": drug, "method": method, "seeds": len(group)}
@@ -413,6 +459,7 @@ def summarise(rows: list[dict]) -> pd.DataFrame:
             vals = group[col].dropna().to_numpy(float)
             rec[f"{col}_mean"] = float(vals.mean()) if len(vals) else np.nan
             rec[f"{col}_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else np.nan
+            rec[f"{col}_range"] = float(vals.max() - vals.min()) if len(vals) > 1 else np.nan
         out.append(rec)
     table = pd.DataFrame(out)
     table["_o"] = table["method"].map(order)
@@ -420,36 +467,53 @@ def summarise(rows: list[dict]) -> pd.DataFrame:
 
 
 def mean_over_drugs(table: pd.DataFrame) -> pd.DataFrame:
-    """Per method: mean over drugs of pooled AUROC (labelled drugs) and of the line Spearman (all)."""
+    """Per method: mean over labelled drugs of pooled AUROC, the largest SD, and the line calls."""
     out = []
     for method, group in table.groupby("method", sort=False):
+        labelled = group[group["drug"].isin(EVAL_SENSITIVE)]
         out.append({"drug": "MEAN over drugs", "method": method, "seeds": int(group["seeds"].max()),
-                    "pooled_auroc_mean": group["pooled_auroc_mean"].mean(),
+                    "pooled_auroc_mean": labelled["pooled_auroc_mean"].mean(),
+                    "max_auroc_sd": labelled["pooled_auroc_sd"].max(),
                     "spearman_mean": group["spearman_mean"].mean(),
-                    "n_drugs": int(group["spearman_mean"].notna().sum())})  # fmt: skip
+                    "calls_agree_mean": group["calls_agree_mean"].sum(min_count=1),
+                    "n_drugs": int(labelled["pooled_auroc_mean"].notna().sum())})  # fmt: skip
     return pd.DataFrame(out)
 
 
+def select(means: pd.DataFrame) -> str | None:
+    """The protocol's rule: best mean pooled AUROC; an earlier (simpler) recipe within TIE wins."""
+    names = [r.name for r in CANDIDATES]
+    scores = {m: v for m, v in zip(means["method"], means["pooled_auroc_mean"], strict=True)
+              if m in names and np.isfinite(v)}  # fmt: skip
+    if not scores:
+        return None
+    best = max(scores.values())
+    return next(n for n in names if n in scores and scores[n] >= best - TIE)
+
+
 def format_table(table: pd.DataFrame, means: pd.DataFrame) -> str:
-    """The printed table: one line per drug x method, then the means over drugs."""
+    """The printed tables: one line per drug x method, then the means and the selection."""
     def cell(rec, col: str) -> str:
         m, s = rec.get(f"{col}_mean", np.nan), rec.get(f"{col}_sd", np.nan)
         if m is None or (isinstance(m, float) and np.isnan(m)):
             return "—"
         return f"{m:.3f}" if s is None or np.isnan(s) else f"{m:.3f}±{s:.3f}"
 
-    head = ("| drug | method | seeds | pooled AUROC | pooled AUPR | p1 AUROC | p2 AUROC | p3 AUROC | "
-            "line Spearman | bulk CV AUROC | bulk CV AUPR |")  # fmt: skip
-    lines = [head, "|" + "---|" * 11]
+    lines = ["| drug | method | seeds | " + " | ".join(HEADERS) + " |", "|" + "---|" * (3 + len(HEADERS))]
     for rec in table.to_dict("records"):
         lines.append(f"| {rec['drug']} | {rec['method']} | {rec['seeds']} | "
                      + " | ".join(cell(rec, c) for c in COLUMNS) + " |")  # fmt: skip
-    lines += ["", "| mean over drugs | method | pooled AUROC (labelled drugs) | line Spearman (drugs) |",
-              "|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| method | mean pooled AUROC (labelled drugs) | largest SD over seeds | "
+              "line Spearman (all drugs) | line calls agreeing (sum over drugs, mean over seeds) |",
+              "|---|---|---|---|---|"]  # fmt: skip
     for rec in means.to_dict("records"):
-        auc = "—" if np.isnan(rec["pooled_auroc_mean"]) else f"{rec['pooled_auroc_mean']:.3f}"
-        sp = "—" if np.isnan(rec["spearman_mean"]) else f"{rec['spearman_mean']:.3f}"
-        lines.append(f"| MEAN | {rec['method']} | {auc} | {sp} ({rec['n_drugs']}) |")
+        def f(v: float, fmt: str = ".3f") -> str:
+            return "—" if v is None or not np.isfinite(v) else format(v, fmt)
+        lines.append(f"| {rec['method']} | {f(rec['pooled_auroc_mean'])} ({rec['n_drugs']}) | "
+                     f"{f(rec['max_auroc_sd'])} | {f(rec['spearman_mean'])} | "
+                     f"{f(rec['calls_agree_mean'], '.1f')} |")  # fmt: skip
+    chosen = select(means)
+    lines += ["", f"Selected by the protocol's rule: **{chosen}**" if chosen else ""]
     return "\n".join(lines)
 
 
@@ -457,17 +521,18 @@ def format_table(table: pd.DataFrame, means: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Evaluate the selected drugs; print the table; write the CSVs."""
+    """Evaluate the selected drugs and recipes; print the table; write the CSVs."""
     global _THREADS
     args = _parse(argv)
-    if args.merge:
-        return merge(Path(args.out_dir))
+    if args.shipped:
+        return evaluate_shipped(Path(args.data), Path(args.out_dir))
     _THREADS = 1 if args.jobs > 1 else args.threads
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
     started = time.perf_counter()
     data_dir = Path(args.data)
     names = [n for n in args.drugs.split(",") if n]
-    specs = [s for s in DRUGS if not names or s.name in names]
+    specs = [s for s in DRUGS if s.name in (names or EVAL_SENSITIVE)]
+    recipes = [find_recipe(n) for n in _recipe_names(args)]
     counts = [load_single_cell(data_dir / "singlecell" / f"sc_celseq2_5cl_p{i}.h5ad") for i in (1, 2, 3)]
     genes = data_dir / "genes"
     gene_ids = load_gene_ids([genes / "hgnc_genes.tsv.gz", genes / "gencode_v22_genes.tsv.gz"])
@@ -475,12 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for spec in specs:
         t0 = time.perf_counter()
-        data = load_drug(spec, data_dir, counts, gene_ids, marker_table)
-        calls = [k for k, v in data.prep.labels.holdout_calls.items() if v]
+        data = load_drug(spec, data_dir, recipes, counts, marker_table)
         sens = EVAL_SENSITIVE.get(spec.name)
-        print(f"{spec.name}: training label rule calls sensitive: {', '.join(calls) or 'none'}; "
-              f"evaluation labels: {', '.join(sens) if sens else 'none (line-level Spearman)'}; "
-              f"Spearman vs {data.ic50_source} ln IC50 of {len(data.ln_ic50)} lines",
+        gdsc = ", ".join(k for k, v in data.gdsc_calls.items() if v) or "none"
+        print(f"{spec.name}: GDSC calls sensitive: {gdsc}; "
+              f"evaluation labels: {', '.join(sens) if sens else 'none (line-level figures)'}",
               file=sys.stderr)  # fmt: skip
         rows += evaluate_drug(data, args, counts, gene_ids)
         print(f"{spec.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -496,54 +560,38 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     (out_dir / f"evaluation{suffix}.md").write_text(text + "\n")
     print(f"\n{len(specs)} drug(s), seeds {args.seeds}, epochs {args.epochs}, patience {args.patience}, "
-          f"jobs {args.jobs}: {time.perf_counter() - started:.0f} s")  # fmt: skip
-    return 0
-
-
-def merge(out_dir: Path) -> int:
-    """Combine the per-run files of partial runs (evaluation_runs*.csv, quick excluded) into one table."""
-    parts = sorted(p for p in out_dir.glob("evaluation_runs*.csv") if "quick" not in p.name)
-    frame = pd.concat([pd.read_csv(p) for p in parts], ignore_index=True)
-    frame = frame.drop_duplicates(["drug", "method", "seed"], keep="last")
-    order = {s.name: i for i, s in enumerate(DRUGS)}
-    frame = frame.sort_values("drug", key=lambda d: d.map(order), kind="stable")
-    rows = frame.to_dict("records")
-    table = summarise(rows)
-    means = mean_over_drugs(table)
-    table.to_csv(out_dir / "evaluation.csv", index=False, float_format="%.5f")
-    means.to_csv(out_dir / "evaluation_means.csv", index=False, float_format="%.5f")
-    text = format_table(table, means)
-    (out_dir / "evaluation.md").write_text(text + "\n")
-    print(text)
-    print(f"\nmerged {len(rows)} runs from {', '.join(p.name for p in parts)}")
+          f"members {args.members}, jobs {args.jobs}: {time.perf_counter() - started:.0f} s")  # fmt: skip
     return 0
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options (--quick: one drug, one seed, 8 epochs, two configurations)."""
+    """Command-line options (--quick: one drug, one seed, a few epochs, one recipe)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    p.add_argument("--drugs", default="", help="comma-separated folder names (default: all shipped)")
+    p.add_argument("--drugs", default="", help="comma-separated folder names (default: the labelled drugs)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=20)
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated METHODS names")
+    p.add_argument("--members", type=int, default=5)
+    p.add_argument("--student-epochs", type=int, default=StudentConfig().epochs)
+    p.add_argument("--recipes", default=",".join(r.name for r in CANDIDATES), help="recipe names")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (1 torch thread each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads when --jobs 1")
     p.add_argument("--rf-trees", type=int, default=300, help="random-forest trees")
-    p.add_argument("--figure-drug", default="erlotinib", help="drug of the clustering view ('' = none)")
     p.add_argument("--out-dir", default=str(RESULTS))
-    p.add_argument("--skip-baselines", action="store_true", help="model configurations only")
-    p.add_argument("--merge", action="store_true", help="combine partial runs' CSVs into one table")
+    p.add_argument("--skip-baselines", action="store_true", help="recipes only")
+    p.add_argument("--shipped", action="store_true", help="score the plates with the shipped bundles")
     p.add_argument("--tag", default="", help="suffix of the output files (a partial or extra run)")
     p.add_argument("--quick", action="store_true", help="CI mode: " + str(QUICK))
     args = p.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    unknown = [m for m in args.methods.split(",") if m and m not in METHODS]
-    if unknown:
-        p.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    try:
+        for name in _recipe_names(args):
+            find_recipe(name)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 

@@ -4,10 +4,12 @@
     python benchmarks/train_all.py --data ../shared/data --label-report   # bulk-only rule check
     python benchmarks/train_all.py --table                                # README model table
 
-Each drug of `training.drugs.DRUGS` is trained exactly as `scdr-train` would (same pipeline,
-default architecture and loss weights, 5-fold bulk CV for the card, the five sc_mixology lines
-held out of bulk training and of every choice) into `exported_models/<drug>/`. Targeted drugs
-use the tail label rule (z <= -1.5), the others the 0.3 quantile; `training/drugs.py` says why.
+Each drug of `training.drugs.DRUGS` is trained exactly as `scdr-train` would (same pipeline, the
+shipped recipe of `training/recipes.py`: knowledge nodes, a 5-member cross-fitted ensemble whose
+held-out folds are the card's bulk CV, Platt calibration, one distilled network; the five
+sc_mixology lines held out of bulk training and of every choice) into `exported_models/<drug>/`.
+Targeted drugs use the tail label rule (z <= -1.5), the others the 0.3 quantile; `training/drugs.py`
+says why.
 Runs are deterministic for a seed: rerunning reproduces both ONNX files byte for byte.
 """
 
@@ -34,18 +36,26 @@ from training.data import (  # noqa: E402
     normalize_line_name,
 )
 from training.drugs import DEFAULT_QUANTILE, DRUGS, TARGETED_Z_MAX, DrugSpec  # noqa: E402
-from training.pipeline import TrainingInputs, prepare, train_bundle  # noqa: E402
-from training.train import TrainConfig, cross_validate, stderr_logger  # noqa: E402
+from training.pipeline import TrainingInputs, train_bundle  # noqa: E402
+from training.recipes import SHIPPED, Recipe, find_recipe  # noqa: E402
+from training.train import stderr_logger  # noqa: E402
 
 MODELS = ROOT / "exported_models"
 EVALUATION_CSV = ROOT / "benchmarks" / "results" / "evaluation.csv"
 TABLE_BEGIN = "<!-- model-table:begin (written by benchmarks/train_all.py --table) -->"
 TABLE_END = "<!-- model-table:end -->"
+KNOWLEDGE_FILES = (
+    "ReactomePathways.gmt.gz",
+    "enrichr.GO_Biological_Process_2021.gmt.gz",
+    "h.all.v7.0.symbols.gmt",
+)
 NOT_SHIPPED: dict[str, str] = {}  # drug -> reason GDSC cannot support it (none at present)
 
 
-def inputs_for(spec: DrugSpec, data: Path) -> TrainingInputs:
-    """The training inputs of one shipped drug, from the public data folder."""
+def inputs_for(spec: DrugSpec, data: Path, recipe: Recipe | None = None) -> TrainingInputs:
+    """The training inputs of one shipped drug under a recipe (default: the shipped one)."""
+    recipe = recipe or find_recipe(SHIPPED)
+    sets = data / "genesets"
     return TrainingInputs(
         drug=spec.name,
         bulk_expression=data / "bulk" / "gdsc_expression.csv.gz",
@@ -57,6 +67,9 @@ def inputs_for(spec: DrugSpec, data: Path) -> TrainingInputs:
         aliases=list(spec.aliases),
         label_quantile=DEFAULT_QUANTILE,
         label_z=spec.label_z,
+        knowledge_genesets=[sets / name for name in KNOWLEDGE_FILES],
+        knowledge_only=recipe.knowledge_only,
+        min_detection=recipe.min_detection,
     )
 
 
@@ -73,38 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         started = time.perf_counter()
         print(f"== {spec.name}", file=sys.stderr, flush=True)
-        if args.cv_only:
-            add_cv(spec, Path(args.data), TrainConfig(seed=args.seed, threads=args.threads), args.cv_folds)
-            print(f"{spec.name} (CV only): {time.perf_counter() - started:.0f} s", flush=True)
-            continue
-        command = f"python benchmarks/train_all.py --data DATA --drugs {spec.name} --seed {args.seed}"
-        config = TrainConfig(seed=args.seed, threads=args.threads, device=args.device)
+        command = (f"python benchmarks/train_all.py --data DATA --drugs {spec.name} --seed {args.seed} "
+                   f"--recipe {args.recipe}")  # fmt: skip
+        recipe = find_recipe(args.recipe)
+        config = recipe.train_config(seed=args.seed, threads=args.threads, device=args.device)
         train_bundle(
-            inputs_for(spec, Path(args.data)),
+            inputs_for(spec, Path(args.data), recipe),
             config,
             MODELS / spec.name,
-            cv_folds=args.cv_folds,
+            members=args.members,
             log=None if args.quiet else stderr_logger,
             command=command,
         )
         print(f"{spec.name}: {time.perf_counter() - started:.0f} s", flush=True)
     return 0
-
-
-def add_cv(spec: DrugSpec, data: Path, config: TrainConfig, folds: int) -> None:
-    """Fill a bundle's bulk CV metrics after the fact (what the same command with CV would write).
-
-    The final fit reseeds torch, so it does not depend on whether CV ran before it; only the card's
-    `metrics.bulk_cross_validation` changes, the ONNX files and their sha256 do not.
-    """
-    card_path = MODELS / spec.name / "card.json"
-    card = json.loads(card_path.read_text())
-    if card["training"]["options"]["seed"] != config.seed:
-        raise SystemExit(f"{card_path} was trained with another seed")
-    prep = prepare(inputs_for(spec, data))
-    cv = cross_validate(prep.bulk_x, prep.y, prep.cells_x, prep.mask.mask, config, folds, log=stderr_logger)
-    card["metrics"]["bulk_cross_validation"] = cv
-    card_path.write_text(json.dumps(card, indent=1, allow_nan=False) + "\n")
 
 
 def label_report(specs: list[DrugSpec], data: Path) -> None:
@@ -226,11 +221,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--drugs", default="", help="comma-separated subset (folder names)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cv-folds", type=int, default=5)
+    parser.add_argument("--members", type=int, default=5, help="ensemble members (cross-fitted folds)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--cv-only", action="store_true", help="add bulk CV to existing cards")
+    parser.add_argument("--recipe", default=SHIPPED, help="training recipe (training/recipes.py)")
     parser.add_argument("--label-report", action="store_true", help="print the bulk-only label facts")
     parser.add_argument("--table", action="store_true", help="write the README model table")
     return parser.parse_args(argv)

@@ -26,6 +26,7 @@ from training.data import (  # noqa: E402
     make_labels,
 )
 from training.drugs import DRUGS, TARGETED_Z_MAX, find_drug  # noqa: E402
+from training.recipes import SHIPPED  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")
@@ -129,9 +130,11 @@ def test_quick_evaluation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert evaluate.main(["--quick", "--data", str(DATA), "--out-dir", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "evaluation_quick.csv")
     rows = table.set_index("method")
-    assert set(rows.index) == {"marker", "logistic regression", "random forest", evaluate.FULL}
+    recipe = evaluate.QUICK["recipes"]
+    assert set(rows.index) == {"marker", "logistic regression", "random forest", recipe}
     assert rows.loc["marker", "pooled_auroc_mean"] == pytest.approx(0.991, abs=0.001)
-    assert 0.0 <= rows.loc[evaluate.FULL, "pooled_auroc_mean"] <= 1.0
+    assert 0.0 <= rows.loc[recipe, "pooled_auroc_mean"] <= 1.0
+    assert rows.loc[recipe, "calls_agree_mean"] <= 5
     assert np.isfinite(rows.loc["logistic regression", "bulk_cv_auroc_mean"])
     assert "| erlotinib | marker |" in capsys.readouterr().out
 
@@ -157,7 +160,7 @@ def test_depth_check_thins_to_target_and_matches_the_evaluation(tmp_path: Path) 
     table = pd.read_csv(out).set_index("depth")
     assert list(table.index) == list(depth_robustness.DEPTHS)
     runs = pd.read_csv(ROOT / "benchmarks" / "results" / "evaluation_runs.csv")
-    shipped = runs[(runs.drug == "erlotinib") & (runs.method == evaluate.FULL) & (runs.seed == 0)]
+    shipped = runs[(runs.drug == "erlotinib") & (runs.method == SHIPPED) & (runs.seed == 0)]
     full = table.loc["full (CEL-seq2)"]
     assert full["model_auroc"] == pytest.approx(float(shipped["pooled_auroc"].iloc[0]), abs=0.01)
     assert full["marker_auroc"] == pytest.approx(0.991, abs=0.001)

@@ -38,10 +38,13 @@ def _args(out: Path, *extra: str) -> list[str]:
         "--ic50", str(DATA / "bulk" / "GDSC2_IC50.csv.gz"),
         "--target", str(PLATE),
         "--genesets", str(DATA / "genesets" / "h.all.v7.0.symbols.gmt"),
+        "--knowledge-genesets", str(DATA / "genesets" / "ReactomePathways.gmt.gz"),
+        "--knowledge-genesets", str(DATA / "genesets" / "enrichr.GO_Biological_Process_2021.gmt.gz"),
+        "--knowledge-genesets", str(DATA / "genesets" / "h.all.v7.0.symbols.gmt"),
         "--gene-ids", str(DATA / "genes" / "hgnc_genes.tsv.gz"),
         "--gene-ids", str(DATA / "genes" / "gencode_v22_genes.tsv.gz"),
         "--out", str(out),
-        "--panel-size", "300", "--hidden", "32", "--epochs", "4", "--cv-folds", "0",
+        "--panel-size", "300", "--hidden", "32", "--epochs", "4", "--members", "2",
         "--quiet", *extra,
     ]  # fmt: skip
 
@@ -64,7 +67,9 @@ def test_bundle_follows_the_contract(bundle: Path):
     assert card["drug"] == "cisplatin" and "Cisplatin" in card["aliases"]
     genes = card["genes"]
     n_genes = len(genes["symbols"])
-    assert 0 < n_genes <= 300 and len(genes["ensembl_ids"]) == n_genes
+    knowledge_genes = card["training"]["panel"]["steps"]["knowledge_genes"]
+    assert 0 < knowledge_genes and n_genes <= 300 + knowledge_genes  # knowledge genes pass the cap
+    assert len(genes["ensembl_ids"]) == n_genes
     norm = card["normalization"]
     assert set(norm) == {
         "target_sum",
@@ -83,17 +88,30 @@ def test_bundle_follows_the_contract(bundle: Path):
     assert depth["gene_mean"][-1] == norm["gene_mean"] and depth["gene_std"][-1] == norm["gene_std"]
     n_paths = len(card["pathways"]["names"])
     assert card["pathways"]["source"].startswith("MSigDB Hallmark")
+    assert "Reactome" in card["pathways"]["source"]
     assert set(card["reference_pathways"]) == {"bulk_mean", "single_cell_mean"}
     assert all(len(v) == n_paths for v in card["reference_pathways"].values())
     assert card["threshold"]["value"] == 0.5 and card["threshold"]["rule"]
     training = card["training"]
     assert training["holdout_lines"] == list(DEFAULT_HOLDOUT_LINES)
     assert training["seed"] == 0 and training["epochs"]["max"] == 4
+    knowledge = card["knowledge"]  # cisplatin: DNA-damage knowledge nodes lead the pathway layer
+    nodes = knowledge["nodes_in_model"]
+    assert knowledge["targets"] == [] and "cross-link" in knowledge["mechanism"] and knowledge["sources"]
+    assert nodes and card["pathways"]["names"][: len(nodes)] == nodes
+    assert "KNOWLEDGE: Fanconi Anemia Pathway" in nodes or "KNOWLEDGE: Nucleotide Excision Repair" in nodes
     assert training["data"]["bulk_expression"]["sha256"] == _sha(DATA / "bulk" / "gdsc_expression.csv.gz")
     assert training["versions"]["torch"] and training["versions"]["onnx"]
     assert "quantile" in training["label_rule"]["description"]
-    for key in ("auroc", "aupr"):
-        assert 0 <= card["metrics"]["bulk_validation"][key] <= 1
+    cv = card["metrics"]["bulk_cross_validation"]
+    assert cv["folds"] == 2 and len(cv["per_fold"]) == 2
+    for key in ("auroc_mean", "aupr_mean", "pooled_auroc"):
+        assert 0 <= cv[key] <= 1
+    calibration = card["calibration"]
+    assert calibration["lines"] == training["label_rule"]["training_lines"]
+    assert np.isfinite(calibration["slope"]) and calibration["reliability"]
+    assert training["ensemble"]["members"] == 2
+    assert card["metrics"]["distillation_fidelity"]["cells"]["rows"] > 200
     assert card["metrics"]["onnx_parity"]["cells"] > 200
     assert max(card["metrics"]["onnx_parity"]["max_abs_diff"].values()) <= 1e-5
     for name in ("model.onnx", "head.onnx"):

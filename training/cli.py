@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from training.data import DEFAULT_HOLDOUT_LINES, DataError
+from training.ensemble import DEFAULT_MEMBERS
 from training.export import ExportError
 from training.genesets import MAX_SET_SIZE, MIN_SET_SIZE
 from training.module import ALIGNMENTS
@@ -157,18 +158,38 @@ _DEFAULTS = TrainConfig()
 @click.option("--weight-decay", type=click.FloatRange(0), default=_DEFAULTS.weight_decay, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=_DEFAULTS.batch_size, show_default=True)
 @click.option(
-    "--cv-folds",
-    type=click.IntRange(0),
-    default=5,
+    "--knowledge-genesets",
+    "knowledge_genesets",
+    multiple=True,
+    type=_FILE,
+    help="GMT files holding the drug's knowledge sets (training/knowledge.py names them), "
+    "repeatable: ReactomePathways.gmt (github.com/ilwookkim/cgNetwork, inst/extdata), "
+    "enrichr.GO_Biological_Process_2021.gmt and h.all.v7.0.symbols.gmt (github.com/zqfang/"
+    "GSEApy, tests/extdata). Without them the pathway layer has no target or knowledge nodes.",
+)
+@click.option("--knowledge-only", is_flag=True, help="Panel = the drug's knowledge genes alone.")
+@click.option(
+    "--min-detection",
+    type=click.FloatRange(0, 1),
+    default=0.0,
     show_default=True,
-    help="Bulk k-fold CV before the final fit, for the card's metrics (0 = skip).",
+    help="Keep genes detected (count > 0) in at least this fraction of every target file's cells.",
+)
+@click.option(
+    "--members",
+    type=click.IntRange(2),
+    default=DEFAULT_MEMBERS,
+    show_default=True,
+    help="Ensemble members, cross-fitted over this many stratified folds of the bulk lines "
+    "(their held-out folds are the card's bulk cross-validation and the calibration data).",
 )
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def main(**opts: object) -> None:
     """Train a drug-response model on GDSC bulk lines and unlabelled cells; write its bundle.
 
-    Writes model.onnx, head.onnx and card.json (contract: exported_models/README.md) after
-    checking that ONNX Runtime and torch agree on the target cells to 1e-5.
+    Cross-fits an ensemble, calibrates it on its out-of-fold bulk logits, distils it into one
+    network and writes model.onnx, head.onnx and card.json (contract: exported_models/README.md)
+    after checking that ONNX Runtime and torch agree on the target cells to 1e-5.
     """
     holdout = [x.strip() for x in str(opts["holdout_lines"]).split(",") if x.strip()]
     if int(opts["min_set_size"]) > int(opts["max_set_size"]):
@@ -187,11 +208,14 @@ def main(**opts: object) -> None:
         panel_size=int(opts["panel_size"]),
         min_set_size=int(opts["min_set_size"]),
         max_set_size=int(opts["max_set_size"]),
+        knowledge_genesets=list(opts["knowledge_genesets"]),
+        knowledge_only=bool(opts["knowledge_only"]),
+        min_detection=float(opts["min_detection"]),
     )
     config = TrainConfig(**{k: opts[k] for k in TrainConfig.__dataclass_fields__ if k in opts})
     log = None if opts["quiet"] else stderr_logger
     try:
-        train_bundle(inputs, config, opts["out_dir"], int(opts["cv_folds"]), log=log, command=_command_line())
+        train_bundle(inputs, config, opts["out_dir"], int(opts["members"]), log=log, command=_command_line())
     except (DataError, ExportError, ValueError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
 

@@ -9,6 +9,12 @@ Rule, in order:
    `panel_size` genes with the highest variance over the training bulk lines are kept.
 4. Sets are re-filtered on the final panel and genes left in no kept set are dropped, until
    stable, so every panel gene is reconstructed by at least one pathway node.
+5. Knowledge nodes (`training.knowledge`: the drug's target genes and mechanism gene sets), when
+   given, keep all their candidate genes in the panel whatever the cap; the target node needs one
+   panel gene, a knowledge set `KNOWLEDGE_MIN_SIZE` (5). They come first in the pathway layer, and
+   a general set that is also a knowledge node appears once, as the knowledge node.
+   With `knowledge_only`, the panel is the knowledge genes alone and general sets are kept only
+   where they pass the size filter on them.
 Panel order is the bulk file's gene order.
 
 Symbol -> Ensembl: HGNC approved symbol, else a unique HGNC previous symbol, else a unique HGNC
@@ -27,6 +33,7 @@ import pandas as pd
 
 from training.data import BulkExpression, DataError
 from training.genesets import MAX_SET_SIZE, MIN_SET_SIZE, PathwayMask, build_mask, filter_sets
+from training.knowledge import KNOWLEDGE_MIN_SIZE, KNOWLEDGE_PREFIX, TARGET_PREFIX
 
 DEFAULT_PANEL_SIZE = 2000
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
@@ -73,8 +80,10 @@ def choose_panel(
     panel_size: int = DEFAULT_PANEL_SIZE,
     min_size: int = MIN_SET_SIZE,
     max_size: int = MAX_SET_SIZE,
+    knowledge: dict[str, list[str]] | None = None,
+    knowledge_only: bool = False,
 ) -> tuple[GenePanel, PathwayMask]:
-    """Apply the module's panel rule; return the panel and its pathway mask."""
+    """Apply the module's panel rule; return the panel and its pathway mask (knowledge nodes first)."""
     if panel_size < min_size:
         raise DataError(f"panel size {panel_size} is below the minimum set size {min_size}")
     if not target_features:
@@ -99,33 +108,57 @@ def choose_panel(
     variance = bulk.rows(train_lines)[:, candidates].var(axis=0)
     order = {bulk.genes[j]: v for j, v in zip(candidates, variance, strict=True)}
     genes = [bulk.genes[j] for j in candidates]
+    knowledge = knowledge or {}
+    wanted = {g for members in knowledge.values() for g in members}
+    required = {g for g in genes if g in wanted}
+    report["knowledge_genes"] = len(required)
+    if knowledge_only:
+        if not required:
+            raise DataError("knowledge_only panel: no knowledge gene is present in both domains")
+        genes = [g for g in genes if g in required]
     sets = filter_sets(gene_sets, genes, min_size, max_size)
     report["sets_kept_on_candidates"] = len(sets)
-    members = {g for inside in sets.values() for g in inside}
+    members = {g for inside in sets.values() for g in inside} | required
     genes = [g for g in genes if g in members]
     report["pathway_genes"] = len(genes)
     if len(genes) > panel_size:
-        keep = set(sorted(genes, key=lambda g: (-order[g], g))[:panel_size])
+        keep = set(sorted(genes, key=lambda g: (-order[g], g))[:panel_size]) | required
         genes = [g for g in genes if g in keep]
     while True:
         sets = filter_sets(sets, genes, min_size, max_size)
-        members = {g for inside in sets.values() for g in inside}
+        members = {g for inside in sets.values() for g in inside} | required
         kept = [g for g in genes if g in members]
         if len(kept) == len(genes):
             break
         genes = kept
-    if not sets:
+    nodes = _knowledge_nodes(knowledge, genes)
+    sets = {k: v for k, v in sets.items() if KNOWLEDGE_PREFIX + k not in nodes}
+    if not sets and not nodes:
         raise DataError(f"no gene set has {min_size}..{max_size} genes among the genes both domains share")
+    in_nodes = {g for inside in [*sets.values(), *nodes.values()] for g in inside}
+    genes = [g for g in genes if g in in_nodes]
     column = {g: j for j, g in enumerate(bulk.genes)}
     bulk_index = np.array([column[g] for g in genes], dtype=np.int64)
-    report.update(panel=len(genes), pathways=len(sets))
+    report.update(panel=len(genes), pathways=len(sets) + len(nodes), knowledge_nodes=len(nodes))
     panel = GenePanel(
         symbols=genes,
         ensembl_ids=[ensembl[j] for j in bulk_index],
         bulk_index=bulk_index,
         report=report,
     )
-    return panel, build_mask(sets, genes)
+    return panel, build_mask({**nodes, **sets}, genes)
+
+
+def _knowledge_nodes(knowledge: dict[str, list[str]], genes: list[str]) -> dict[str, list[str]]:
+    """Knowledge nodes restricted to the panel: the target node with >= 1 gene, sets with >= 5."""
+    panel = set(genes)
+    kept = {}
+    for name, members in knowledge.items():
+        inside = [g for g in members if g in panel]
+        need = 1 if name.startswith(TARGET_PREFIX) else KNOWLEDGE_MIN_SIZE
+        if len(inside) >= need:
+            kept[name] = inside
+    return kept
 
 
 def load_gene_ids(paths: list[str | Path]) -> GeneIds:

@@ -1,7 +1,8 @@
 """From input files to a bundle: load, label, choose the panel, normalise, fit, export.
 
 `prepare` does everything up to the training matrices (reusable by tests and the sweep);
-`train_bundle` fits, cross-validates on bulk if asked, composes the card and exports.
+`train_bundle` cross-fits the ensemble (its members are the bulk cross-validation), calibrates,
+distils it into one network, composes the card and exports.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from training.data import (
     DataError,
     LabelRule,
     Labels,
+    SingleCellCounts,
     load_bulk_expression,
     load_ic50_entries,
     load_single_cell,
@@ -29,6 +31,7 @@ from training.data import (
 )
 from training.depth import depth_stats
 from training.drugs import find_drug
+from training.ensemble import DEFAULT_MEMBERS, Ensemble, distill, fit_ensemble, fold_calibration
 from training.export import export_bundle, make_card
 from training.genesets import (
     MAX_SET_SIZE,
@@ -37,6 +40,7 @@ from training.genesets import (
     pathway_source,
     read_gmt,
 )
+from training.knowledge import card_block, knowledge_nodes
 from training.normalize import (
     Normalization,
     gene_stats,
@@ -45,12 +49,12 @@ from training.normalize import (
     standardize,
 )
 from training.panel import DEFAULT_PANEL_SIZE, GenePanel, choose_panel, load_gene_ids
-from training.train import FitResult, Logger, TrainConfig, cross_validate, fit, predict
+from training.train import Logger, TrainConfig, _metrics, predict
 
 THRESHOLD_RULE = (
-    "P(sensitive) >= 0.5, fixed before training: the response loss is class-balanced "
-    "(pos_weight = n_resistant / n_sensitive), which puts the balanced-error decision point at "
-    "0.5. Not tuned on any data; bulk validation sensitivity/specificity at 0.5 are in metrics."
+    "calibrated P(sensitive) >= 0.5, fixed before training: probabilities are Platt-calibrated "
+    "on out-of-fold bulk logits at the real class prior, so 0.5 is the point where sensitive "
+    "becomes the likelier call for a GDSC-like line; chosen on bulk only, not tuned on cells"
 )
 _VERSIONED = (
     "torch",
@@ -83,6 +87,9 @@ class TrainingInputs:
     panel_size: int = DEFAULT_PANEL_SIZE
     min_set_size: int = MIN_SET_SIZE
     max_set_size: int = MAX_SET_SIZE
+    knowledge_genesets: list[Path] = field(default_factory=list)  # GMTs with the knowledge sets
+    knowledge_only: bool = False  # panel = the drug's knowledge genes alone
+    min_detection: float = 0.0  # a gene counts as present in a target when detected in >= this
 
 
 @dataclass
@@ -107,32 +114,27 @@ def train_bundle(
     inputs: TrainingInputs,
     config: TrainConfig,
     out_dir: str | Path,
-    cv_folds: int = 5,
+    members: int = DEFAULT_MEMBERS,
     log: Logger | None = None,
     prepared: Prepared | None = None,
     command: str | None = None,
 ) -> dict:
-    """Fit the model, optionally cross-validate on bulk, and write the bundle; return the card."""
+    """Cross-fit the ensemble, calibrate, distil it into one network and write the bundle; return the card."""
     data = prepared if prepared is not None else prepare(inputs, log)
     say = log or (lambda _msg: None)
-    cv = None
-    if cv_folds > 1:
-        say(f"{cv_folds}-fold bulk cross-validation (held-out plate lines excluded)")
-        cv = cross_validate(data.bulk_x, data.y, data.cells_x, data.mask.mask, config, cv_folds, log=say)
-        say(
-            f"CV AUROC {cv['auroc_mean']:.3f} +- {cv['auroc_sd']:.3f}, "
-            f"AUPR {cv['aupr_mean']:.3f} +- {cv['aupr_sd']:.3f}"
-        )
-    say("training the shipped model")
-    result = fit(data.bulk_x, data.y, data.cells_x, data.mask.mask, config, log=log)
-    val = result.val_metrics
-    say(
-        f"bulk validation ({val['n']} lines, {val['n_sensitive']} sensitive): "
-        f"AUROC {val['auroc']:.3f} AUPR {val['aupr']:.3f}, best epoch {result.best_epoch} "
-        f"of {result.epochs_run} run ({result.seconds:.1f} s on {result.device})"
-    )
-    bulk_pathways = predict(result.module, data.bulk_x)["pathways"]
-    cell_pathways = predict(result.module, data.cells_x)["pathways"]
+    say(f"cross-fitting {members} members over stratified folds of the bulk lines")
+    ensemble = fit_ensemble(data.bulk_x, data.y, data.cells_x, data.mask.mask, config, members, log=say)
+    cv = ensemble.cv
+    say(f"out-of-fold AUROC {cv['auroc_mean']:.3f} +- {cv['auroc_sd']:.3f}, "
+        f"AUPR {cv['aupr_mean']:.3f} +- {cv['aupr_sd']:.3f}; Platt slope "
+        f"{ensemble.calibration.slope:.3f} intercept {ensemble.calibration.intercept:.3f}")  # fmt: skip
+    say("distilling the ensemble into one network")
+    student, fidelity = distill(ensemble, data.bulk_x, data.cells_x, data.mask.mask, config, log=say)
+    module = fold_calibration(student, ensemble.calibration)
+    bulk_out = predict(module, data.bulk_x)
+    cell_pathways = predict(module, data.cells_x)["pathways"]
+    say(f"student fidelity to the ensemble: r = {fidelity['bulk']['pearson_r']:.4f} on bulk, "
+        f"{fidelity['cells']['pearson_r']:.4f} on cells")  # fmt: skip
     card = make_card(
         drug=inputs.drug,
         aliases=data.aliases,
@@ -141,23 +143,22 @@ def train_bundle(
         ensembl_ids=data.panel.ensembl_ids,
         normalization=data.cell_norm.to_card(),
         pathway_names=data.mask.names,
-        pathway_source=pathway_source(inputs.genesets),
+        pathway_source=_pathway_source(inputs),
         reference_pathways={
-            "bulk_mean": bulk_pathways.mean(axis=0).tolist(),
+            "bulk_mean": bulk_out["pathways"].mean(axis=0).tolist(),
             "single_cell_mean": cell_pathways.mean(axis=0).tolist(),
         },
         threshold={"value": 0.5, "rule": THRESHOLD_RULE},
-        training=_training_record(data, config, result, command),
+        training=_training_record(data, config, ensemble, members, command),
         metrics={
-            "bulk_validation": {
-                **val,
-                "split": f"stratified {config.val_fraction:g} of the training lines "
-                "(also used for early stopping)",
-            },
+            "bulk_training_fit": _metrics(data.y, bulk_out["logit"]),
             "bulk_cross_validation": cv,
+            "distillation_fidelity": fidelity,
         },
     )
-    card = export_bundle(out_dir, result.module, card, data.cells_x)
+    card["knowledge"] = card_block(inputs.drug, data.mask.names)
+    card["calibration"] = ensemble.calibration.to_card()
+    card = export_bundle(out_dir, module, card, data.cells_x)
     parity = card["metrics"]["onnx_parity"]["max_abs_diff"]
     say(
         f"wrote {Path(out_dir)} (ONNX/torch parity on {len(data.cells_x)} cells: "
@@ -193,15 +194,18 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
     )
     say(f"held-out lines by the label rule: {calls or 'none given'}")
     cells = [load_single_cell(p) for p in inputs.targets]
+    nodes = knowledge_nodes(inputs.drug, inputs.knowledge_genesets) if inputs.knowledge_genesets else None
     panel, mask = choose_panel(
         bulk,
         labels.train_lines,
-        [c.features for c in cells],
+        [detected_features(c, inputs.min_detection) for c in cells],
         read_gmt(inputs.genesets),
         load_gene_ids(inputs.gene_ids),
         inputs.panel_size,
         inputs.min_set_size,
         inputs.max_set_size,
+        knowledge=nodes,
+        knowledge_only=inputs.knowledge_only,
     )
     say(f"panel: {len(panel.symbols)} genes, {len(mask.names)} pathways ({panel.report})")
     base = Normalization()
@@ -255,7 +259,26 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
     )
 
 
-def _training_record(data: Prepared, config: TrainConfig, result: FitResult, command: str | None) -> dict:
+def detected_features(cells: SingleCellCounts, min_detection: float) -> list[str]:
+    """Features detected (count > 0) in at least `min_detection` of the file's cells (0: all features)."""
+    if min_detection <= 0:
+        return list(cells.features)
+    rate = np.asarray((cells.counts > 0).mean(axis=0)).ravel()
+    return [f for f, r in zip(cells.features, rate, strict=True) if r >= min_detection]
+
+
+def _pathway_source(inputs: TrainingInputs) -> str:
+    """The pathway layer's sources: the general gene sets, plus the knowledge files when used."""
+    general = pathway_source(inputs.genesets)
+    if not inputs.knowledge_genesets:
+        return general
+    extra = "; ".join(pathway_source(p) for p in inputs.knowledge_genesets)
+    return f"{general}; drug knowledge nodes (training/knowledge.py) from {extra}"
+
+
+def _training_record(
+    data: Prepared, config: TrainConfig, ensemble: Ensemble, members: int, command: str | None
+) -> dict:
     """The card's `training` block: data provenance, label rule, panel, options, versions."""
     inputs = data.inputs
     labels = data.labels
@@ -317,7 +340,8 @@ def _training_record(data: Prepared, config: TrainConfig, result: FitResult, com
             "encoder": f"Dropout({config.input_dropout:g}) -> Linear({len(data.panel.symbols)}, "
             f"{config.hidden}) -> ReLU -> Dropout({config.dropout:g}) -> "
             f"Linear({config.hidden}, {len(data.mask.names)})",
-            "pathway_layer": "one node per kept gene set",
+            "pathway_layer": "the drug's target node and knowledge sets first "
+            "(training/knowledge.py), then one node per kept gene set",
             "decoder": "pathway-masked linear, weights exist only at pathway membership",
             "head": (
                 f"Linear({len(data.mask.names)}, {config.head_hidden}) -> ReLU -> "
@@ -329,13 +353,22 @@ def _training_record(data: Prepared, config: TrainConfig, result: FitResult, com
         },
         "options": config.to_card(),
         "seed": config.seed,
-        "epochs": {"max": config.epochs, "run": result.epochs_run, "best": result.best_epoch},
-        "validation_split": {
-            "train_lines": len(result.train_index),
-            "validation_lines": len(result.val_index),
+        "ensemble": {
+            "members": members,
+            "how": "cross-fitted: member k trains on the other folds of a stratified split of the "
+            "bulk lines (seed = 1000 * seed + k; its own inner validation split early-stops it); "
+            "the ensemble logit is the mean of the members' logits",
+            "best_epochs": [f["best_epoch"] for f in ensemble.cv["per_fold"]],
+            "student": "one network of the members' architecture, trained to match the ensemble "
+            "logit (MSE) on the bulk lines, the target cells and bulk/cell mixtures, plus the "
+            "pathway-masked reconstruction; the calibration is folded into its last layer",
         },
-        "device": result.device,
-        "fit_seconds": round(result.seconds, 2),
+        "panel_options": {
+            "knowledge_only": data.inputs.knowledge_only,
+            "min_detection": data.inputs.min_detection,
+        },
+        "epochs": {"max": config.epochs},
+        "fit_seconds": round(ensemble.seconds, 2),
         "versions": _versions(),
     }
 
