@@ -5,7 +5,6 @@ runs (streams rows into output files and returns the run summary).
 """
 
 import platform
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,9 +35,36 @@ from scoring.output import ExplainWriter, TableWriter
 from scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
 
 DEFAULT_CHUNK_SIZE = 8192
+
+
+class SignalFlag:
+    """A flag a signal handler may set: a plain attribute, no lock.
+
+    threading.Event takes a lock in set(); a second signal arriving while the first handler holds
+    it (coreutils `timeout` signals the child and its group, so two arrive together) deadlocks.
+    """
+
+    __slots__ = ("raised",)
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def is_set(self) -> bool:
+        """Whether a signal was recorded."""
+        return self.raised
+
+    def set(self) -> None:
+        """Record a signal."""
+        self.raised = True
+
+    def clear(self) -> None:
+        """Forget a recorded signal (start of a run)."""
+        self.raised = False
+
+
 # set by the CLI's signal handler (SIGTERM, Ctrl-C); the streaming loop raises it between chunks,
 # where nothing is half done
-INTERRUPTED = threading.Event()
+INTERRUPTED = SignalFlag()
 MIN_COVERAGE = 0.5
 MAX_GENE_CELLS = 100
 TOP_PATHWAYS = 3
