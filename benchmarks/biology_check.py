@@ -2,7 +2,9 @@
 
 For each EGFR inhibitor: the pathways whose mean attribution differs most between HCC827 cells
 (EGFR exon-19 deletion, the sensitive line) and the other four lines; for cisplatin: the pathways
-with the largest mean |attribution| overall. Singlets only. Prints a table and writes
+with the largest mean |attribution| overall. Singlets only. Prints a table, whether a knowledge
+node of the drug (its target node or an EGFR/ERBB, resp. DNA-damage, set of training/knowledge.py)
+is among the top 3 (EGFR inhibitors) or top 5 (cisplatin), and writes
 ``benchmarks/results/biology_check.csv``.
 
     python benchmarks/biology_check.py --data ../shared/data
@@ -51,6 +53,10 @@ def main(data: Path, out: Path) -> None:
                          "value": f"{values[j]:.4f}"})
         click.echo(f"{drug:<12} ({what}): " + ", ".join(
             f"{names[j].removeprefix('HALLMARK_')} {values[j]:+.3f}" for j in order))
+        within = 3 if drug in EGFR else 5
+        hit = [names[j] for j in order[:within] if names[j].startswith(("TARGET: ", "KNOWLEDGE: "))]
+        click.echo(f"{'':<12} knowledge node in the top {within}: "
+                   + (f"yes ({'; '.join(hit)})" if hit else "no"))
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["drug", "measure", "rank", "pathway", "value"])

@@ -3,6 +3,7 @@
     python benchmarks/train_all.py --data ../shared/data [--drugs erlotinib,gefitinib] [--seed 0]
     python benchmarks/train_all.py --data ../shared/data --label-report   # bulk-only rule check
     python benchmarks/train_all.py --table                                # README model table
+    python benchmarks/train_all.py --calibration                          # reliability on bulk folds
 
 Each drug of `training.drugs.DRUGS` is trained exactly as `scdr-train` would (same pipeline, the
 shipped recipe of `training/recipes.py`: knowledge nodes, a 5-member cross-fitted ensemble whose
@@ -41,7 +42,8 @@ from training.recipes import SHIPPED, Recipe, find_recipe  # noqa: E402
 from training.train import stderr_logger  # noqa: E402
 
 MODELS = ROOT / "exported_models"
-EVALUATION_CSV = ROOT / "benchmarks" / "results" / "evaluation.csv"
+RESULTS = ROOT / "benchmarks" / "results"
+EVALUATION_CSV = RESULTS / "evaluation.csv"
 TABLE_BEGIN = "<!-- model-table:begin (written by benchmarks/train_all.py --table) -->"
 TABLE_END = "<!-- model-table:end -->"
 KNOWLEDGE_FILES = (
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.table:
         write_table(MODELS / "README.md")
+        return 0
+    if args.calibration:
+        write_calibration(RESULTS / "calibration.md", RESULTS / "calibration.png")
         return 0
     specs = [s for s in DRUGS if not args.drugs or s.name in args.drugs.split(",")]
     if args.label_report:
@@ -144,7 +149,7 @@ def write_table(readme: Path) -> None:
     rows = [
         "| drug (aliases) | label rule | training lines (sensitive / resistant) | plate lines "
         "called sensitive | bulk 5-fold CV AUROC | AUPR | cells: pooled AUROC (seeds) | "
-        "line Spearman (seeds) | pathways | sha256 of model.onnx |",
+        "line Spearman (seeds) | pathway nodes (of them target/knowledge) | sha256 of model.onnx |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for spec in DRUGS:
@@ -168,7 +173,7 @@ def write_table(readme: Path) -> None:
             f"{_pm(cv.get('auroc_mean'), cv.get('auroc_sd'))} | "
             f"{_pm(cv.get('aupr_mean'), cv.get('aupr_sd'))} | "
             f"{ev.get('auroc', 'not evaluated')} | {ev.get('spearman', 'not evaluated')} | "
-            f"{card['pathways']['source'].split(' (')[0]} ({len(card['pathways']['names'])}) | "
+            f"{len(card['pathways']['names'])} ({len(_knowledge_nodes(card))}) | "
             f"`{card['files']['model.onnx']['sha256']}` |"
         )
     section = "\n".join([TABLE_BEGIN, *rows, TABLE_END])
@@ -182,14 +187,61 @@ def write_table(readme: Path) -> None:
     print(section)
 
 
+def write_calibration(table_path: Path, figure_path: Path) -> None:
+    """Reliability of each shipped card's calibrated probabilities on its out-of-fold bulk lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cards = [(s.name, json.loads((MODELS / s.name / "card.json").read_text())) for s in DRUGS
+             if (MODELS / s.name / "card.json").is_file()]  # fmt: skip
+    lines = ["Calibrated P(sensitive) against the observed fraction of sensitive lines, on each "
+             "member's held-out bulk fold (Platt scaling fitted on the same out-of-fold logits; "
+             "written by `python benchmarks/train_all.py --calibration` from the shipped cards).", "",
+             "| drug | lines (sensitive) | slope | intercept | Brier | Brier of the prior | "
+             "bins: mean predicted / observed (n) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    cols = 4
+    fig, axes = plt.subplots(-(-len(cards) // cols), cols, figsize=(12, 3 * -(-len(cards) // cols)))
+    for ax, (name, card) in zip(axes.ravel(), cards, strict=False):
+        cal = card["calibration"]
+        prior = cal["prior"]
+        bins = "; ".join(f"{b['mean_predicted']:.2f} / {b['observed']:.2f} ({b['n']})"
+                         for b in cal["reliability"])  # fmt: skip
+        lines.append(f"| {name} | {cal['lines']} ({cal['sensitive_lines']}) | {cal['slope']:.3f} | "
+                     f"{cal['intercept']:.3f} | {cal['brier']:.4f} | {prior * (1 - prior):.4f} | "
+                     f"{bins} |")  # fmt: skip
+        x = [b["mean_predicted"] for b in cal["reliability"]]
+        y = [b["observed"] for b in cal["reliability"]]
+        ax.plot([0, 1], [0, 1], color="0.7", lw=1)
+        ax.scatter(x, y, s=[8 + 2 * b["n"] ** 0.5 for b in cal["reliability"]], zorder=3)
+        ax.plot(x, y, lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=name, xlabel="mean predicted", ylabel="observed")
+    for ax in axes.ravel()[len(cards):]:
+        ax.axis("off")
+    fig.suptitle("Reliability on out-of-fold bulk lines (calibrated P(sensitive); marker area ~ lines)")
+    fig.tight_layout()
+    figure_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure_path, dpi=90)
+    plt.close(fig)
+    table_path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _knowledge_nodes(card: dict) -> list[str]:
+    """The target and knowledge nodes a card's model carries."""
+    return card.get("knowledge", {}).get("nodes_in_model", [])
+
+
 def _evaluation_rows() -> dict[str, dict[str, str]]:
-    """Full-model single-cell figures per drug from benchmarks/results/evaluation.csv, if present."""
+    """The shipped recipe's single-cell figures per drug from benchmarks/results/evaluation.csv."""
     if not EVALUATION_CSV.is_file():
         return {}
     out: dict[str, dict[str, str]] = {}
     with EVALUATION_CSV.open() as handle:
         for row in csv.DictReader(handle):
-            if row["method"] != "full (adversarial)":
+            if row["method"] != SHIPPED:
                 continue
             auroc = _pm(_num(row["pooled_auroc_mean"]), _num(row["pooled_auroc_sd"]))
             out[row["drug"]] = {
@@ -228,6 +280,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipe", default=SHIPPED, help="training recipe (training/recipes.py)")
     parser.add_argument("--label-report", action="store_true", help="print the bulk-only label facts")
     parser.add_argument("--table", action="store_true", help="write the README model table")
+    parser.add_argument("--calibration", action="store_true", help="write the reliability table and figure")
     return parser.parse_args(argv)
 
 

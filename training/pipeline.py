@@ -375,10 +375,12 @@ def _training_record(
 
 def _description(data: Prepared) -> str:
     """The card's one-line description."""
+    knowledge = data.panel.report.get("knowledge_nodes", 0)
+    mechanism = f" ({knowledge} for the drug's target and mechanism)" if knowledge else ""
     return (
-        f"P(sensitive to {data.inputs.drug}) per cell; trained on {len(data.labels.train_lines)} "
-        f"GDSC bulk lines and transferred to single cells through {len(data.mask.names)} "
-        f"{pathway_source(data.inputs.genesets).split(' (')[0]} pathway nodes"
+        f"calibrated P(sensitive to {data.inputs.drug}) per cell; trained on "
+        f"{len(data.labels.train_lines)} GDSC bulk lines and transferred to single cells through "
+        f"{len(data.mask.names)} pathway nodes{mechanism}"
     )
 
 
