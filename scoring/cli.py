@@ -37,7 +37,13 @@ from scoring.errors import (
 )
 from scoring.explain import BASELINES, DEFAULT_RULE, DEFAULT_STEPS, RULES
 from scoring.inference import DEVICES
-from scoring.output import check_output_path, default_output_path, write_json_atomic
+from scoring.output import (
+    STDOUT,
+    check_output_path,
+    default_output_path,
+    table_format,
+    write_json_atomic,
+)
 from scoring.progress import progress_bar
 
 
@@ -49,8 +55,9 @@ from scoring.progress import progress_bar
 @click.option("--model", "models", multiple=True, type=click.Path(path_type=Path),
               help="A bundle folder (model.onnx, head.onnx, card.json); repeatable.")
 @click.option("-o", "--output", type=str, default=None,
-              help="Output table (.csv, or .tsv for tabs). Default: <stem>.scdr.<drug>.csv "
-                   "next to the input. With several models, include {drug} in the name.")
+              help="Output table: .csv, .tsv/.txt, .csv.gz/.tsv.gz, .parquet (needs pyarrow), or - "
+                   "for CSV on standard output. Default: <stem>.scdr.<drug>.csv next to the "
+                   "input. With several models, include {drug} in the name.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @click.option("--pathways", is_flag=True, help="Add the latent pathway activities as columns.")
 @click.option("--layer", default=None,
@@ -150,8 +157,10 @@ def score_command(input_paths: tuple[str, ...], drugs: tuple[str, ...], models: 
                 lambda d, p=path, o=outs: o[drug_names.index(d)].with_name(
                     f"{p.stem}.scdr.{d}.attributions.h5"))
             rep = Path(_stem(str(report), path)) if report else None
+            _check_tables(outs, len(inputs), distributed)
             for out in outs + (ex_outs or []) + ([rep] if rep else []):
-                check_output_path(out, force or resume)
+                if str(out) != STDOUT:
+                    check_output_path(out, force or resume)
             plans.append((path, outs, ex_outs, rep))
         if summary is not None:
             check_output_path(summary, True)
@@ -176,6 +185,8 @@ def score_command(input_paths: tuple[str, ...], drugs: tuple[str, ...], models: 
                 if "explain" in m:
                     log(f"{m['drug']}: attributions -> {m['explain'].get('attributions')}; "
                         f"worst completeness gap {m['explain']['worst_relative_gap']:.2e}")
+            if one.get("report"):
+                log(f"report -> {one['report']}")
         return result
 
     _run_guarded(run, summary)
@@ -226,6 +237,17 @@ def _expand_inputs(patterns: tuple[str, ...]) -> list[Path]:
     if len(set(p.resolve() for p in paths)) != len(paths):
         raise ScdrError("an input is named twice")
     return paths
+
+
+def _check_tables(outs: list[Path], n_inputs: int, distributed: bool) -> None:
+    """Every table name has a known format; stdout and compressed tables where they can be written."""
+    for out in outs:
+        fmt = table_format(out)
+        if str(out) == STDOUT and (n_inputs > 1 or len(outs) > 1 or distributed):
+            raise ScdrError("-o - writes one table to standard output: give one input and one drug")
+        if distributed and (fmt.gzip or fmt.parquet):
+            raise ScdrError(f"--distributed writes .csv, .tsv or .txt tables, not {out.name}; "
+                            "compress the table afterwards")
 
 
 def _stem(template: str | None, path: Path) -> str | None:

@@ -26,6 +26,12 @@ class GeneMatch:
         """Fraction of the panel found in the file."""
         return self.n_matched / self.n_panel if self.n_panel else 0.0
 
+    @property
+    def n_summed(self) -> int:
+        """Panel genes fed by more than one file feature (their counts are summed)."""
+        hits = self.gene_map[self.gene_map >= 0]
+        return int((np.bincount(hits, minlength=self.n_panel) > 1).sum()) if hits.size else 0
+
 
 def match_genes(
     features: list[str], symbols: list[str], ensembl_ids: list[str | None]

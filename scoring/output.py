@@ -1,10 +1,19 @@
-"""Per-cell tables and JSON summaries, written to a temporary file and renamed into place."""
+"""Per-cell tables and JSON summaries, written to a temporary file and renamed into place.
 
+A table's format is its name's suffix (`table_format`): .csv, .tsv/.txt, the same gzipped
+(.csv.gz, .tsv.gz; no name or time in the gzip header, so a rerun writes the same bytes) or
+.parquet (needs pyarrow); `-` is CSV on standard output. Any other suffix is refused.
+"""
+
+import contextlib
 import csv
+import gzip
 import io
 import json
 import os
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -13,6 +22,51 @@ import numpy as np
 from scoring.errors import OutputError
 
 FLOAT_FORMAT = "%.6g"
+STDOUT = "-"
+GZIP_LEVEL = 6
+
+
+@dataclass(frozen=True)
+class TableFormat:
+    """How a table is written: delimiter, gzip or parquet."""
+
+    delimiter: str
+    gzip: bool = False
+    parquet: bool = False
+
+
+TABLE_FORMATS: dict[str, TableFormat] = {
+    ".csv": TableFormat(","),
+    ".tsv": TableFormat("\t"),
+    ".txt": TableFormat("\t"),
+    ".csv.gz": TableFormat(",", gzip=True),
+    ".tsv.gz": TableFormat("\t", gzip=True),
+    ".parquet": TableFormat(",", parquet=True),
+}
+
+
+def table_format(path: Path) -> TableFormat:
+    """The format a table's name asks for; OutputError for a suffix no writer knows."""
+    if str(path) == STDOUT:
+        return TABLE_FORMATS[".csv"]
+    name = path.name.lower()
+    for suffix in sorted(TABLE_FORMATS, key=len, reverse=True):
+        if name.endswith(suffix):
+            fmt = TABLE_FORMATS[suffix]
+            if fmt.parquet:
+                _require_pyarrow(path)
+            return fmt
+    raise OutputError(f"cannot write {path}: unknown table format; name it with one of "
+                      f"{', '.join(TABLE_FORMATS)} (or - for standard output)")
+
+
+def _require_pyarrow(path: Path) -> None:
+    """Parquet tables need pyarrow; say how to get it."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise OutputError(f"writing {path.name} needs pyarrow (the parquet extra: pip install "
+                          "'scdr[parquet]'), or name the output .csv, .tsv or .csv.gz") from None
 
 
 def default_output_path(input_path: Path, drug: str) -> Path:
@@ -21,8 +75,8 @@ def default_output_path(input_path: Path, drug: str) -> Path:
 
 
 def table_delimiter(path: Path) -> str:
-    """Tab for .tsv/.txt outputs, comma otherwise."""
-    return "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    """Tab for .tsv/.txt(.gz) outputs, comma otherwise."""
+    return table_format(path).delimiter
 
 
 def table_header(pathway_names: list[str] | None, explain: bool) -> list[str]:
@@ -58,29 +112,47 @@ class TableWriter:
         self.pathway_names = pathway_names
         self.explain = explain
         self.header = header
-        self.delimiter = delimiter or table_delimiter(path)
+        self.format = table_format(path) if delimiter is None else TableFormat(delimiter)
+        self.delimiter = self.format.delimiter
         self.worst_gap = 0.0
         self.gap_sum = 0.0
         self.n_rows = 0
         self._tmp: IO[str] | None = None
         self._tmp_path: Path | None = None
         self._writer: Any = None
+        self._raw: IO[bytes] | None = None  # the temp file under a gzip or parquet stream
+        self._parquet: Any = None
 
     def open(self) -> None:
-        """Create the temporary file beside the target and write the header."""
-        try:
-            fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                        dir=self.path.parent)
-        except OSError as e:
-            raise OutputError(f"cannot write in {self.path.parent} ({e.strerror})") from None
-        self._tmp_path = Path(name)
-        self._tmp = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        """Create the temporary file beside the target (or take stdout) and write the header."""
+        if str(self.path) == STDOUT:
+            self._tmp = sys.stdout
+        else:
+            try:
+                fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                            dir=self.path.parent)
+            except OSError as e:
+                raise OutputError(f"cannot write in {self.path.parent} ({e.strerror})") from None
+            self._tmp_path = Path(name)
+            if self.format.parquet:
+                self._raw = os.fdopen(fd, "wb")
+                return
+            if self.format.gzip:
+                self._raw = os.fdopen(fd, "wb")
+                packed = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0,
+                                       compresslevel=GZIP_LEVEL)
+                self._tmp = io.TextIOWrapper(packed, encoding="utf-8", newline="")
+            else:
+                self._tmp = os.fdopen(fd, "w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._tmp, delimiter=self.delimiter, lineterminator="\n")
         if self.header:
             self._writer.writerow(table_header(self.pathway_names, self.explain))
 
     def write(self, res: Any) -> None:
         """Append the rows of one chunk's ``ChunkResult``."""
+        if self.format.parquet:
+            self._write_parquet(res)
+            return
         columns = [res.cell_ids, [FLOAT_FORMAT % p for p in res.probability.tolist()],
                    res.label.tolist(), ["true" if z else "false" for z in res.zero_counts.tolist()]]
         if self.explain:
@@ -95,21 +167,81 @@ class TableWriter:
             rows = ([*row, *p] for row, p in zip(rows, path_strs))
         self._writer.writerows(rows)
 
+    def _write_parquet(self, res: Any) -> None:
+        """Append one chunk as a Parquet row group (float32 values as computed, not rounded)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns: dict[str, Any] = {
+            "cell_id": pa.array(list(res.cell_ids), pa.string()),
+            "probability": pa.array(np.asarray(res.probability, np.float32)),
+            "label": pa.array(res.label.tolist(), pa.string()),
+            "zero_counts": pa.array(np.asarray(res.zero_counts, bool)),
+        }
+        if self.explain:
+            gaps = res.ig_gap.astype(np.float64)
+            self.worst_gap = max(self.worst_gap, float(gaps.max(initial=0.0)))
+            self.gap_sum += float(gaps.sum())
+            columns["top_pathways"] = pa.array(list(res.top_pathways), pa.string())
+            columns["ig_gap"] = pa.array(np.asarray(res.ig_gap, np.float32))
+        if self.pathway_names is not None:
+            values = np.asarray(res.pathways, np.float32)
+            for j, name in enumerate(self.pathway_names):
+                columns[f"pathway:{name}"] = pa.array(values[:, j])
+        batch = pa.table(columns)
+        if self._parquet is None:
+            self._parquet = pq.ParquetWriter(self._raw, batch.schema)
+        self._parquet.write_table(batch)
+        self.n_rows += len(res.cell_ids)
+
     def commit(self) -> None:
-        """Flush, fsync and rename the temp file onto the target."""
-        assert self._tmp is not None
-        self._tmp.flush()
-        os.fsync(self._tmp.fileno())
-        self._tmp.close()
-        publish(self._tmp_path, self.path)
+        """Flush, fsync and rename the temp file onto the target (stdout: flush only)."""
+        if str(self.path) == STDOUT:
+            assert self._tmp is not None
+            self._tmp.flush()
+            self._tmp = None
+            return
+        if self.format.parquet and self._parquet is None:  # no rows: still a valid, empty table
+            self._write_parquet_schema_only()
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+        if self._tmp is not None:
+            self._tmp.flush()
+            if self._raw is None:
+                os.fsync(self._tmp.fileno())
+            self._tmp.close()  # closes the gzip stream too (its trailer), not the raw file
+        raw = self._raw
+        if raw is not None:
+            raw.flush()
+            os.fsync(raw.fileno())
+            raw.close()
         self._tmp = None
+        self._raw = None
+        publish(self._tmp_path, self.path)
         self._tmp_path = None
+
+    def _write_parquet_schema_only(self) -> None:
+        """An empty Parquet table with the full column list."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        header = table_header(self.pathway_names, self.explain)
+        types = {"cell_id": pa.string(), "label": pa.string(), "zero_counts": pa.bool_(),
+                 "top_pathways": pa.string()}
+        schema = pa.schema([(h, types.get(h, pa.float32())) for h in header])
+        self._parquet = pq.ParquetWriter(self._raw, schema)
 
     def abort(self) -> None:
         """Remove the temp file; the target is left as it was."""
-        if self._tmp is not None:
-            self._tmp.close()
+        if str(self.path) == STDOUT:
             self._tmp = None
+            return
+        for stream in (self._parquet, self._tmp, self._raw):
+            if stream is not None:
+                with contextlib.suppress(Exception):  # a half-written stream, on the way out
+                    stream.close()
+        self._parquet = self._tmp = self._raw = None
         if self._tmp_path is not None:
             self._tmp_path.unlink(missing_ok=True)
 

@@ -271,3 +271,15 @@ def test_add_depth_stats_reproduces_the_trained_block(bundle: Path, tmp_path: Pa
     upgraded = add_depth_stats(copy, [PLATE])
     assert upgraded["normalization"]["depth_stats"] == trained
     assert _sha(copy / "model.onnx") == _sha(bundle / "model.onnx")
+
+
+@pytest.mark.parametrize("missing", ["torch", "onnx", "pandas"])
+def test_scdr_train_names_the_extra_when_a_dependency_is_missing(missing: str):
+    """In the light install (no torch, onnx or pandas) `scdr-train --help` is one line, exit 2."""
+    code = (f"import sys; sys.modules[{missing!r}] = None; sys.argv = ['scdr-train', '--help']; "
+            "from training.launcher import main; main()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'train' extra" in lines[0] and missing in lines[0]
+    assert "Traceback" not in proc.stderr

@@ -1,9 +1,17 @@
 """Fit bulk-to-single-cell drug-response models and export them as scdr model bundles.
 
 Training may import torch, onnx, anndata and scikit-learn; the bundle it writes is the only thing
-that `scoring` ever sees (contract: `exported_models/README.md`).
+that `scoring` ever sees (contract: `exported_models/README.md`). Nothing is imported here, so
+that `scdr-train` can say which extra is missing in a light install (`training.launcher`).
 """
 
 __all__ = ["DataError"]
 
-from training.data import DataError
+
+def __getattr__(name: str) -> object:
+    """`training.DataError`, imported on first use."""
+    if name == "DataError":
+        from training.data import DataError
+
+        return DataError
+    raise AttributeError(f"module 'training' has no attribute {name!r}")

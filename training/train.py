@@ -182,46 +182,6 @@ def fit(
     )
 
 
-def cross_validate(
-    bulk_x: np.ndarray,
-    y: np.ndarray,
-    cells_x: np.ndarray,
-    mask: np.ndarray,
-    config: TrainConfig,
-    folds: int = 5,
-    log: Logger | None = None,
-) -> dict:
-    """Stratified k-fold CV on bulk lines (inner split for early stopping); fold and pooled AUROC."""
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed)
-    out_of_fold = np.full(len(y), np.nan)
-    per_fold = []
-    for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y), start=1):
-        result = fit(bulk_x[train], y[train], cells_x, mask, config)
-        scores = predict(result.module, bulk_x[test])["logit"]
-        out_of_fold[test] = scores
-        metrics = _metrics(y[test], scores)
-        metrics["best_epoch"] = result.best_epoch
-        per_fold.append(metrics)
-        if log is not None:
-            log(
-                f"fold {k}/{folds}: AUROC {metrics['auroc']:.3f} AUPR {metrics['aupr']:.3f} "
-                f"(best epoch {result.best_epoch})"
-            )
-    aurocs = np.array([m["auroc"] for m in per_fold])
-    auprs = np.array([m["aupr"] for m in per_fold])
-    pooled = _metrics(y, out_of_fold)
-    return {
-        "folds": folds,
-        "auroc_mean": float(aurocs.mean()),
-        "auroc_sd": float(aurocs.std(ddof=1)),
-        "aupr_mean": float(auprs.mean()),
-        "aupr_sd": float(auprs.std(ddof=1)),
-        "pooled_auroc": pooled["auroc"],
-        "pooled_aupr": pooled["aupr"],
-        "per_fold": per_fold,
-    }
-
-
 def domain_mixing_auroc(bulk_z: np.ndarray, cell_z: np.ndarray, seed: int = 0) -> float:
     """Cross-validated AUROC of a logistic domain classifier on latents (0.5 = fully mixed)."""
     x = np.concatenate([bulk_z, cell_z]).astype(np.float64)
