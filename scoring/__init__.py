@@ -6,9 +6,25 @@ torch, anndata or the training package.
 
 __version__ = "0.1.0"
 
-from scoring.bundle import Bundle, find_bundle, list_bundles, load_bundle
-from scoring.engine import ScoreTable, score
-from scoring.errors import ScdrError
+_LAZY = {  # public name -> module; imported on first use, so that `scdr-score` can install its
+    # signal handler (scoring.launch) before numpy, numba and onnxruntime load
+    "Bundle": "scoring.bundle",
+    "find_bundle": "scoring.bundle",
+    "list_bundles": "scoring.bundle",
+    "load_bundle": "scoring.bundle",
+    "ScoreTable": "scoring.engine",
+    "score": "scoring.engine",
+    "ScdrError": "scoring.errors",
+}
+
+
+def __getattr__(name: str) -> object:
+    """The public API, imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'scoring' has no attribute {name!r}")
 
 __all__ = [
     "Bundle",

@@ -7,7 +7,6 @@ traceback unless ``SCDR_DEBUG=1``.
 import glob
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import click
 
-from scoring import __version__
+from scoring import __version__, signals
 from scoring.bundle import list_bundles
 from scoring.distributed import score_distributed
 from scoring.engine import (
@@ -269,19 +268,18 @@ def _output_paths(drug_names: list[str], output: str | None,
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     """SIGTERM (a pipeline's timeout, a batch system) and Ctrl-C abort the outputs.
 
-    The first signal is only recorded: the streaming loop raises it after the current chunk,
-    because raised where it lands (inside a JIT compiler's clean-up, a destructor) it can leave
-    a library half torn down and be printed and dropped. A second signal raises at once."""
-    if INTERRUPTED.is_set():
-        raise KeyboardInterrupt
-    INTERRUPTED.set()
+    The first signal is only recorded (`scoring.signals`): the streaming loop raises it after the
+    current chunk. A second signal raises at once."""
+    signals.record(signum, frame)
 
 
 def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> None:
-    """Run, turning every failure into one line on stderr, an exit code and a summary."""
-    INTERRUPTED.clear()
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    """Run, turning every failure into one line on stderr, an exit code and a summary.
+
+    A signal recorded before the run (during start-up, by `scoring.launch`) is kept: the run
+    raises it at its first check. The handlers in place before are restored at the end."""
+    previous = signals.current()
+    signals.install()
     try:
         result = run()
         result["status"] = "ok"
@@ -299,6 +297,8 @@ def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> Non
                   "exit_code": EXIT_INTERNAL}
         code, message = EXIT_INTERNAL, (f"scdr-score: internal error ({type(e).__name__}: {e}); "
                                         "rerun with SCDR_DEBUG=1 and report it")
+    signals.ignore()  # the outcome is decided: no signal may interrupt reporting it
+    INTERRUPTED.clear()
     if summary is not None:
         try:
             write_json_atomic(summary, result)
@@ -308,8 +308,11 @@ def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> Non
             code = code or EXIT_OUTPUT
     if message:  # one line, whatever the message holds (paths may contain newlines)
         click.echo(message.replace("\r", "\\r").replace("\n", "\\n"), err=True)
+    if not signals.ours(previous):  # in-process callers get their handlers back
+        signals.restore(previous)
     sys.exit(code)
 
 
 if __name__ == "__main__":
+    signals.install()
     score_command()

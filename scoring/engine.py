@@ -33,38 +33,9 @@ from scoring.inference import Predictor, make_predictor, make_session
 from scoring.normalize import STATUS_ZERO_COUNTS, normalize_chunk
 from scoring.output import ExplainWriter, TableWriter
 from scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
+from scoring.signals import INTERRUPTED  # set by the CLI's handler; raised between chunks
 
 DEFAULT_CHUNK_SIZE = 8192
-
-
-class SignalFlag:
-    """A flag a signal handler may set: a plain attribute, no lock.
-
-    threading.Event takes a lock in set(); a second signal arriving while the first handler holds
-    it (coreutils `timeout` signals the child and its group, so two arrive together) deadlocks.
-    """
-
-    __slots__ = ("raised",)
-
-    def __init__(self) -> None:
-        self.raised = False
-
-    def is_set(self) -> bool:
-        """Whether a signal was recorded."""
-        return self.raised
-
-    def set(self) -> None:
-        """Record a signal."""
-        self.raised = True
-
-    def clear(self) -> None:
-        """Forget a recorded signal (start of a run)."""
-        self.raised = False
-
-
-# set by the CLI's signal handler (SIGTERM, Ctrl-C); the streaming loop raises it between chunks,
-# where nothing is half done
-INTERRUPTED = SignalFlag()
 MIN_COVERAGE = 0.5
 WARN_COVERAGE = 0.8  # below this the calls drift measurably (89% label agreement at 56%)
 MAX_GENE_CELLS = 100
@@ -414,6 +385,7 @@ def stream(
 def _check_interrupted() -> None:
     """Raise the interruption that a signal handler could only record (see ``INTERRUPTED``)."""
     if INTERRUPTED.is_set():
+        INTERRUPTED.armed = False  # a burst's next signal must not interrupt the clean-up
         raise KeyboardInterrupt
 
 

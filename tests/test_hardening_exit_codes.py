@@ -186,7 +186,9 @@ def test_sigterm_aborts_cleanly_without_leftovers(tmp_path):
 def test_first_signal_is_raised_after_the_chunk_and_a_second_at_once(bundle_dir):
     """A signal landing inside a library's clean-up (numba's LLVM pass objects, a __del__) must
     not raise there: the handler records the first one and the streaming loop raises it after
-    the current chunk; a second signal (an impatient user) raises where it lands."""
+    the current chunk; a second signal (an impatient user) raises where it lands, once; after an
+    interruption is raised, later signals of the burst are only recorded, so the clean-up that
+    removes the temp files cannot itself be interrupted."""
     from helpers import EXAMPLE
 
     from scoring import cli, engine, score
@@ -197,7 +199,27 @@ def test_first_signal_is_raised_after_the_chunk_and_a_second_at_once(bundle_dir)
         assert engine.INTERRUPTED.is_set()
         with pytest.raises(KeyboardInterrupt):
             score(EXAMPLE, model=bundle_dir)
+        cli._interrupt(2, None)  # the loop already raised: recorded only
+        engine.INTERRUPTED.clear()
+        cli._interrupt(15, None)
         with pytest.raises(KeyboardInterrupt):
-            cli._interrupt(2, None)
+            cli._interrupt(2, None)  # second signal: at once
+        cli._interrupt(15, None)  # third: recorded only
     finally:
         engine.INTERRUPTED.clear()
+
+
+def test_bursts_of_signals_at_random_moments_never_hang_or_half_write():
+    """A short run of benchmarks/signal_stress.py (the full one: 200 runs): bursts of 2-5
+    SIGINT/SIGTERM to the process and its group, from start-up to the rename."""
+    import sys
+
+    from helpers import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import signal_stress
+
+    outcomes = signal_stress.stress(runs=6, input_path=signal_stress.EXAMPLE, seed=7, deadline=60.0,
+                                    max_delay=2.5)
+    assert sum(outcomes.values()) == 6
+    assert all(o.startswith("ok") for o in outcomes), outcomes
