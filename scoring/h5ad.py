@@ -974,9 +974,13 @@ def _first_non_count(sample: np.ndarray) -> float:
 
 def _require_counts(sample: np.ndarray, where: str) -> None:
     if sample.size and sample.dtype.kind == "f" and np.nanmin(sample) < 0:
+        share = float(np.mean(sample[np.isfinite(sample)] < 0))
+        scaled = (f"; {share:.0%} of the values read are negative, so it looks like scaled data "
+                  "(z-scores, e.g. scanpy's sc.pp.scale)") if share >= 0.05 else ""
         raise InputError(
-            f"{where} holds negative values (e.g. {float(np.nanmin(sample)):.4g}); "
+            f"{where} holds negative values (e.g. {float(np.nanmin(sample)):.4g}){scaled}; "
             "counts and log-normalised values are never negative: point --layer at the raw counts"
+            " (e.g. layers/counts or raw/X)"
         )
     if not looks_like_counts(sample):
         raise InputError(

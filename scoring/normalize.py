@@ -70,8 +70,12 @@ def normalize_chunk(
     if bad.size:
         row = int(bad[0])
         if status[row] == STATUS_BAD_VALUE:
+            values = np.asarray(data[indptr[row]:indptr[row + 1]])
+            scaled = np.isfinite(values).all() and np.mean(values < 0) >= 0.05
+            hint = (" (it looks like scaled data, z-scores as scanpy's sc.pp.scale writes: give "
+                    "raw counts or log1p(CP10k) values with --normalized)") if scaled else ""
             raise InputError(
-                f"cell {row} of the chunk has negative, NaN or infinite values; "
+                f"cell {row} of the chunk has negative, NaN or infinite values{hint}; "
                 "counts must be finite and non-negative"
             )
         raise InputError(f"cell {row} of the chunk has a gene index outside the var table")

@@ -164,3 +164,13 @@ def test_existing_output_is_kept(tmp_path, bundle_dir):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 4 and "--force" in proc.stderr
     assert out.read_text() == "keep me"
+
+
+def test_scaled_data_is_named_as_such(tmp_path, bundle_dir, example_counts):
+    """sc.pp.scale output (z-scores, about half negative) is refused as scaled data, not counts."""
+    m, var, obs = example_counts
+    x = np.log1p(m[:30].toarray().astype(np.float64))
+    z = ((x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1)).astype(np.float32)
+    p = write_h5ad(tmp_path / "scaled.h5ad", sp.csr_matrix(z), var, obs[:30])
+    msg = _fail(tmp_path, p, "--layer", "X", model=bundle_dir)
+    assert "looks like scaled data" in msg and "sc.pp.scale" in msg and "raw/X" in msg
