@@ -46,7 +46,7 @@ from train_all import inputs_for  # noqa: E402
 
 from training.data import load_single_cell  # noqa: E402
 from training.drugs import DRUGS, DrugSpec  # noqa: E402
-from training.ensemble import StudentConfig, distill, fit_ensemble, fold_calibration  # noqa: E402
+from training.ensemble import StudentConfig, fit_calibrated  # noqa: E402
 from training.normalize import Normalization, scale_cells  # noqa: E402
 from training.panel import load_gene_ids  # noqa: E402
 from training.pipeline import Prepared, prepare  # noqa: E402
@@ -278,10 +278,9 @@ def fit_recipe(name: str, seed: int, args: dict) -> dict:
     torch.set_num_threads(_THREADS)
     started = time.perf_counter()
     mask = prep.mask.mask
-    ensemble = fit_ensemble(prep.bulk_x, prep.y, prep.cells_x, mask, config, args["members"])
-    student, fidelity = distill(ensemble, prep.bulk_x, prep.cells_x, mask, config,
-                                StudentConfig(epochs=args["student_epochs"]))  # fmt: skip
-    fold_calibration(student, ensemble.calibration)
+    ensemble, student, fidelity = fit_calibrated(prep.bulk_x, prep.y, prep.cells_x, mask, config,
+                                                 args["members"],
+                                                 StudentConfig(epochs=args["student_epochs"]))  # fmt: skip
     prob = predict(student, prep.cells_x)["probability"]
     teacher = 1.0 / (1.0 + np.exp(-ensemble.calibration.apply(ensemble.logit(prep.cells_x))))
     return {"method": name, "seed": seed, "score": prob, "teacher": teacher,
@@ -374,7 +373,7 @@ def _short(row: dict) -> str:
 
 def evaluate_shipped(data_dir: Path, out_dir: Path) -> int:
     """Score the plates with every shipped bundle through scoring.score; print AUROC and line calls."""
-    from scoring import score
+    from scoring import load_bundle, score
 
     plates = [data_dir / "singlecell" / f"sc_celseq2_5cl_p{i}.h5ad" for i in (1, 2, 3)]
     obs = pd.concat([_obs(p).assign(plate=f"p{i}") for i, p in enumerate(plates, 1)], ignore_index=True)
@@ -383,15 +382,16 @@ def evaluate_shipped(data_dir: Path, out_dir: Path) -> int:
         bundle = MODELS / spec.name
         if not (bundle / "card.json").is_file():
             continue
+        loaded = load_bundle(bundle)
         prob = np.concatenate([score(p, model=bundle).probability for p in plates])
-        card_calls = _card_calls(bundle)
+        card_calls = _card_calls(loaded.card)
         cells = pd.DataFrame({"line": obs["cell_line"], "singlet": obs["demuxlet_cls"] == "SNG",
                               "plate": obs["plate"],
                               "label": obs["cell_line"].isin(EVAL_SENSITIVE.get(spec.name, ()))})  # fmt: skip
         ln_ic50, _ = gdsc_ln_ic50(spec, data_dir)
         data = DrugData(spec, {}, cells, ln_ic50, "", [], card_calls)
-        metrics = cell_metrics(prob, data, threshold=_card_threshold(bundle))
-        called = line_calls(prob >= _card_threshold(bundle), data)
+        metrics = cell_metrics(prob, data, threshold=loaded.threshold)
+        called = line_calls(prob >= loaded.threshold, data)
         rows.append({"drug": spec.name, **metrics,
                      **{f"call_{line}": ("S" if called[line] else "R") + "/"
                         + ("S" if card_calls.get(line) else "R" if line in card_calls else "-")
@@ -419,19 +419,10 @@ def evaluate_shipped(data_dir: Path, out_dir: Path) -> int:
     return 0
 
 
-def _card_calls(bundle: Path) -> dict[str, bool]:
+def _card_calls(card: dict) -> dict[str, bool]:
     """GDSC's calls for the held-out plate lines, as the card's label rule made them."""
-    import json
-
-    calls = json.loads((bundle / "card.json").read_text())["training"]["holdout_label_calls"]
+    calls = card["training"]["holdout_label_calls"]
     return {line: calls[key] == "sensitive" for line, key in PLATE_LINE.items() if calls.get(key) is not None}
-
-
-def _card_threshold(bundle: Path) -> float:
-    """The bundle's decision threshold."""
-    import json
-
-    return float(json.loads((bundle / "card.json").read_text())["threshold"]["value"])
 
 
 # ---------------------------------------------------------------- table

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from scoring import __version__, signals
+from scoring.atomic import write_json_atomic
 from scoring.bundle import list_bundles
 from scoring.distributed import score_distributed
 from scoring.engine import (
@@ -36,13 +37,7 @@ from scoring.errors import (
 )
 from scoring.explain import BASELINES, DEFAULT_RULE, DEFAULT_STEPS, RULES
 from scoring.inference import DEVICES
-from scoring.output import (
-    STDOUT,
-    check_output_path,
-    default_output_path,
-    table_format,
-    write_json_atomic,
-)
+from scoring.output import STDOUT, check_output_path, default_output_path, table_format
 from scoring.progress import progress_bar
 
 

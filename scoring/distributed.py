@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from scoring import __version__
+from scoring.atomic import publish, write_json_atomic
 from scoring.bundle import Bundle, load_bundle
 from scoring.engine import ChunkResult, ModelRun, prepare_run, stream
 from scoring.errors import InputError, OutputError, ScdrError
 from scoring.h5ad import open_counts
-from scoring.output import TableWriter, publish, table_delimiter, table_header, write_json_atomic
+from scoring.output import TableWriter, table_delimiter, table_header
 
 MANIFEST = "manifest.json"
 CHUNKS_PER_TASK = 8

@@ -8,13 +8,13 @@ given, a summary with status error, as any interrupted run leaves.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from scoring import signals
+from scoring.atomic import write_json_atomic
 
 EXIT_INTERRUPTED = 130
 
@@ -30,7 +30,7 @@ def score_main() -> None:
         _leave(done.code)
     except KeyboardInterrupt:
         _interrupted()
-    except Exception as exc:  # click's own exceptions: usage errors, --help's exit, Abort
+    except Exception as exc:  # click's own exceptions: usage errors, Abort (--help returns)
         if signals.INTERRUPTED.raised:  # e.g. a C extension's init turned the signal into ImportError
             _interrupted()
         import click
@@ -39,8 +39,6 @@ def score_main() -> None:
             _interrupted()
         if isinstance(exc, click.ClickException):
             exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
             sys.exit(exc.exit_code)
         raise
 
@@ -60,8 +58,9 @@ def _interrupted() -> None:
     signals.ignore()
     summary = _summary_path(sys.argv[1:])
     if summary is not None:
-        _write_json(summary, {"status": "error", "error": "interrupted",
-                              "exit_code": EXIT_INTERRUPTED})  # fmt: skip
+        with contextlib.suppress(OSError):  # a summary that cannot be written is skipped
+            write_json_atomic(summary, {"status": "error", "error": "interrupted",
+                                        "exit_code": EXIT_INTERRUPTED})  # fmt: skip
     sys.stderr.write("scdr-score: interrupted; no output written\n")
     _leave(EXIT_INTERRUPTED)
 
@@ -74,20 +73,6 @@ def _summary_path(argv: list[str]) -> Path | None:
         if arg.startswith("--summary="):
             return Path(arg.split("=", 1)[1])
     return None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    """Write the summary through a temp file and a rename; a summary that cannot be written is skipped."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        os.replace(name, path)
-    except OSError:
-        Path(name).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Per-cell tables and JSON summaries, written to a temporary file and renamed into place.
+"""Per-cell tables and JSON summaries, written to a temporary file and renamed into place
+(`scoring.atomic`).
 
 A table's format is its name's suffix (`table_format`): .csv, .tsv/.txt, the same gzipped
 (.csv.gz, .tsv.gz; no name or time in the gzip header, so a rerun writes the same bytes) or
@@ -9,7 +10,6 @@ import contextlib
 import csv
 import gzip
 import io
-import json
 import os
 import sys
 import tempfile
@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from scoring.atomic import publish, publish_text
 from scoring.errors import OutputError
 
 FLOAT_FORMAT = "%.6g"
@@ -244,32 +245,6 @@ class TableWriter:
         self._parquet = self._tmp = self._raw = None
         if self._tmp_path is not None:
             self._tmp_path.unlink(missing_ok=True)
-
-
-def publish(tmp: Path, target: Path) -> None:
-    """Give a finished temp file the usual permissions (mkstemp makes it private) and rename it
-    onto ``target`` in one step."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, target)
-
-
-def publish_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and publish it there atomically."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        publish(Path(name), path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
-    """Write ``obj`` as indented JSON through a temp file and a rename."""
-    publish_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 class ExplainWriter:

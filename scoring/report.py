@@ -83,7 +83,7 @@ class ReportCollector:
 def write_report(path: Path, summary: dict[str, Any], collectors: list[ReportCollector],
                  embedding: np.ndarray | None) -> None:
     """Render the report to ``path`` (atomically), with figures embedded as PNG data URIs."""
-    from scoring.output import publish_text
+    from scoring.atomic import publish_text
 
     parts = [_HEAD.format(title=html.escape(f"scdr report: {Path(summary['input']).name}"))]
     parts.append(_summary_table(summary))

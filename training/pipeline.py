@@ -31,7 +31,7 @@ from training.data import (
 )
 from training.depth import depth_stats
 from training.drugs import find_drug
-from training.ensemble import DEFAULT_MEMBERS, Ensemble, distill, fit_ensemble, fold_calibration
+from training.ensemble import DEFAULT_MEMBERS, Ensemble, fit_calibrated
 from training.export import export_bundle, make_card
 from training.genesets import (
     MAX_SET_SIZE,
@@ -122,19 +122,11 @@ def train_bundle(
     """Cross-fit the ensemble, calibrate, distil it into one network and write the bundle; return the card."""
     data = prepared if prepared is not None else prepare(inputs, log)
     say = log or (lambda _msg: None)
-    say(f"cross-fitting {members} members over stratified folds of the bulk lines")
-    ensemble = fit_ensemble(data.bulk_x, data.y, data.cells_x, data.mask.mask, config, members, log=say)
-    cv = ensemble.cv
-    say(f"out-of-fold AUROC {cv['auroc_mean']:.3f} +- {cv['auroc_sd']:.3f}, "
-        f"AUPR {cv['aupr_mean']:.3f} +- {cv['aupr_sd']:.3f}; Platt slope "
-        f"{ensemble.calibration.slope:.3f} intercept {ensemble.calibration.intercept:.3f}")  # fmt: skip
-    say("distilling the ensemble into one network")
-    student, fidelity = distill(ensemble, data.bulk_x, data.cells_x, data.mask.mask, config, log=say)
-    module = fold_calibration(student, ensemble.calibration)
+    ensemble, module, fidelity = fit_calibrated(
+        data.bulk_x, data.y, data.cells_x, data.mask.mask, config, members, log=say
+    )
     bulk_out = predict(module, data.bulk_x)
     cell_pathways = predict(module, data.cells_x)["pathways"]
-    say(f"student fidelity to the ensemble: r = {fidelity['bulk']['pearson_r']:.4f} on bulk, "
-        f"{fidelity['cells']['pearson_r']:.4f} on cells")  # fmt: skip
     card = make_card(
         drug=inputs.drug,
         aliases=data.aliases,
@@ -149,10 +141,10 @@ def train_bundle(
             "single_cell_mean": cell_pathways.mean(axis=0).tolist(),
         },
         threshold={"value": 0.5, "rule": THRESHOLD_RULE},
-        training=_training_record(data, config, ensemble, members, command),
+        training=_training_record(data, config, ensemble, command),
         metrics={
             "bulk_training_fit": _metrics(data.y, bulk_out["logit"]),
-            "bulk_cross_validation": cv,
+            "bulk_cross_validation": ensemble.cv,
             "distillation_fidelity": fidelity,
         },
     )
@@ -276,9 +268,7 @@ def _pathway_source(inputs: TrainingInputs) -> str:
     return f"{general}; drug knowledge nodes (training/knowledge.py) from {extra}"
 
 
-def _training_record(
-    data: Prepared, config: TrainConfig, ensemble: Ensemble, members: int, command: str | None
-) -> dict:
+def _training_record(data: Prepared, config: TrainConfig, ensemble: Ensemble, command: str | None) -> dict:
     """The card's `training` block: data provenance, label rule, panel, options, versions."""
     inputs = data.inputs
     labels = data.labels
@@ -354,7 +344,7 @@ def _training_record(
         "options": config.to_card(),
         "seed": config.seed,
         "ensemble": {
-            "members": members,
+            "members": len(ensemble.members),
             "how": "cross-fitted: member k trains on the other folds of a stratified split of the "
             "bulk lines (seed = 1000 * seed + k; its own inner validation split early-stops it); "
             "the ensemble logit is the mean of the members' logits",
