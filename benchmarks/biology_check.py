@@ -17,9 +17,9 @@ import click
 import h5py
 import numpy as np
 
-from scoring import score
-from scoring.bundle import list_bundles
-from scoring.engine import ExplainSettings
+from scdr.scoring import score
+from scdr.scoring.bundle import list_bundles
+from scdr.scoring.engine import ExplainSettings
 
 PLATES = ("sc_celseq2_5cl_p1.h5ad", "sc_celseq2_5cl_p2.h5ad", "sc_celseq2_5cl_p3.h5ad")
 EGFR = ("erlotinib", "gefitinib", "afatinib", "osimertinib")

@@ -15,25 +15,21 @@ fitted or chosen here: the bundles are the shipped ones.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from evaluate import EVAL_SENSITIVE, MODELS, RESULTS, auroc, gdsc_ln_ic50, read_markers, spearman
+from make_atlas import _thinning_probability
+
+from scdr.scoring import score
+from scdr.training.depth import thin
+from scdr.training.drugs import DRUGS
+from scdr.training.normalize import Normalization, scale_cells
+from scdr.training.panel import load_gene_ids
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from evaluate import EVAL_SENSITIVE, MODELS, RESULTS, auroc, gdsc_ln_ic50, read_markers, spearman  # noqa: E402
-from make_atlas import _thinning_probability  # noqa: E402
-
-from scoring import score  # noqa: E402
-from training.depth import thin  # noqa: E402
-from training.drugs import DRUGS  # noqa: E402
-from training.normalize import Normalization, scale_cells  # noqa: E402
-from training.panel import load_gene_ids  # noqa: E402
 
 PLATES = ("p1", "p2", "p3")
 DEPTHS: dict[str, float | None] = {  # label -> mean detected genes per cell after thinning

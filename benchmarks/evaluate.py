@@ -37,21 +37,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from train_all import inputs_for
+
+from scdr.training.data import load_single_cell
+from scdr.training.drugs import DRUGS, DrugSpec
+from scdr.training.ensemble import StudentConfig, fit_calibrated
+from scdr.training.normalize import Normalization, scale_cells
+from scdr.training.panel import load_gene_ids
+from scdr.training.pipeline import Prepared, prepare
+from scdr.training.recipes import CANDIDATES, Recipe, find_recipe
+from scdr.training.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from train_all import inputs_for  # noqa: E402
-
-from training.data import load_single_cell  # noqa: E402
-from training.drugs import DRUGS, DrugSpec  # noqa: E402
-from training.ensemble import StudentConfig, fit_calibrated  # noqa: E402
-from training.normalize import Normalization, scale_cells  # noqa: E402
-from training.panel import load_gene_ids  # noqa: E402
-from training.pipeline import Prepared, prepare  # noqa: E402
-from training.recipes import CANDIDATES, Recipe, find_recipe  # noqa: E402
-from training.train import predict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MARKERS = ROOT / "benchmarks" / "markers.csv"
@@ -218,7 +215,7 @@ def load_drug(
 
 def gdsc_ln_ic50(spec: DrugSpec, data_dir: Path) -> tuple[dict[str, float], str]:
     """ln IC50 of the plate lines from the drug's first GDSC2 entry (GDSC1 if GDSC2 lacks it)."""
-    from training.data import load_ic50_entries
+    from scdr.training.data import load_ic50_entries
 
     for name in ("GDSC2_IC50.csv.gz", "GDSC1_IC50.csv.gz"):
         try:
@@ -373,7 +370,7 @@ def _short(row: dict) -> str:
 
 def evaluate_shipped(data_dir: Path, out_dir: Path) -> int:
     """Score the plates with every shipped bundle through scoring.score; print AUROC and line calls."""
-    from scoring import load_bundle, score
+    from scdr.scoring import load_bundle, score
 
     plates = [data_dir / "singlecell" / f"sc_celseq2_5cl_p{i}.h5ad" for i in (1, 2, 3)]
     obs = pd.concat([_obs(p).assign(plate=f"p{i}") for i, p in enumerate(plates, 1)], ignore_index=True)

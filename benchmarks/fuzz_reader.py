@@ -14,14 +14,13 @@ Every input runs in a worker process that is replaced when it dies (a crash: a s
 HDF5, Numba or ONNX Runtime), hangs past ``--timeout``, or exceeds its address-space limit.
 Findings are saved with the file that caused them. Usage::
 
-    python benchmarks/fuzz_reader.py --minutes 10 [--seed 0] [--out DIR]
+    PYTHONPATH=tests python benchmarks/fuzz_reader.py --minutes 10 [--seed 0] [--out DIR]
 """
 
 import argparse
 import collections
 import multiprocessing as mp
 import random
-import sys
 import tempfile
 import time
 import traceback
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 MUTATIONS = ("bitflip", "span", "integer", "truncate", "duplicate")
 BOUNDARY = (0, 1, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2**63 - 1, 2**64 - 1)
@@ -217,8 +215,8 @@ def _worker(conn: Any, bundle: str, folder: str, memory_gib: float, timeout: flo
     import numpy as np
     from test_hardening_h5ad import check_case, run_cli
 
-    from scoring import score
-    from scoring.errors import EXIT_BAD_INPUT, ScdrError
+    from scdr.scoring import score
+    from scdr.scoring.errors import EXIT_BAD_INPUT, ScdrError
 
     work = Path(folder)
     work.mkdir(parents=True, exist_ok=True)

@@ -37,8 +37,8 @@ def run_once(index: int, rng: random.Random, input_path: Path, work: Path, deadl
     """One signalled run: (outcome, detail); outcome 'ok' or what went wrong."""
     out = work / f"run{index}.csv"
     summary = work / f"run{index}.json"
-    cmd = [sys.executable, "-m", "scoring.launch", str(input_path), "--drug", "cisplatin", "-o", str(out),
-           "--summary", str(summary), "--chunk-size", "64", "-q", "--force"]  # fmt: skip
+    cmd = [sys.executable, "-m", "scdr.scoring.launch", str(input_path), "--drug", "cisplatin",
+           "-o", str(out), "--summary", str(summary), "--chunk-size", "64", "-q", "--force"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip
     time.sleep(rng.uniform(0.0, max_delay))

@@ -38,10 +38,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.pipeline import Prepared, TrainingInputs, prepare
-from training.train import TrainConfig, domain_mixing_auroc, fit, predict
+from scdr.training.pipeline import Prepared, TrainingInputs, prepare
+from scdr.training.train import TrainConfig, domain_mixing_auroc, fit, predict
 
 _REGULARISED = {"dropout": 0.5, "input_dropout": 0.5, "weight_decay": 1e-2, "lr": 3e-4}
 ARCHITECTURES = {

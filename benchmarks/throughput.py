@@ -94,7 +94,7 @@ def main(cells: str, density: str, compress: bool, drug: str, model: Path | None
 
 
 def _bundle_for(drug: str) -> Path:
-    from scoring.bundle import find_bundle
+    from scdr.scoring.bundle import find_bundle
 
     return find_bundle(drug)
 
@@ -318,11 +318,11 @@ def stage_io_parallel(path: Path, bundle: Path) -> dict:
 def _scorer(path: Path, bundle: Path):
     """The scorer's pieces on ``path``: (source, normalise(chunk, out) -> x, predictor), with
     the Numba kernel compiled and warmed outside any timing."""
-    from scoring.bundle import load_bundle
-    from scoring.genes import match_genes
-    from scoring.h5ad import open_counts
-    from scoring.inference import make_predictor
-    from scoring.normalize import normalize_chunk
+    from scdr.scoring.bundle import load_bundle
+    from scdr.scoring.genes import match_genes
+    from scdr.scoring.h5ad import open_counts
+    from scdr.scoring.inference import make_predictor
+    from scdr.scoring.normalize import normalize_chunk
 
     b = load_bundle(bundle)
     with open_counts(path) as src:
@@ -340,7 +340,7 @@ def _pipeline(prefetch: bool):
     def run(path: Path, bundle: Path) -> dict:
         """read -> normalise -> forward over the file, nothing written; ``prefetch`` reads the next
         chunk on a worker thread meanwhile (what scdr-score does)."""
-        from scoring.engine import DEFAULT_CHUNK_SIZE
+        from scdr.scoring.engine import DEFAULT_CHUNK_SIZE
 
         with _scorer(path, bundle) as (src, normalize, pred):
             t0 = time.perf_counter()
@@ -387,7 +387,7 @@ def stage_scdr(path: Path, bundle: Path, extra: tuple[str, ...] = ()) -> dict:
 
     from click.testing import CliRunner
 
-    from scoring.cli import score_command
+    from scdr.scoring.cli import score_command
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -426,9 +426,9 @@ def stage_peer(path: Path, bundle: Path) -> dict:
     import scanpy as sc
     import torch
 
-    from scoring.bundle import load_bundle
-    from scoring.genes import match_genes
-    from training.explain import onnx_as_torch
+    from scdr.scoring.bundle import load_bundle
+    from scdr.scoring.genes import match_genes
+    from scdr.training.explain import onnx_as_torch
 
     b = load_bundle(bundle)
     net = onnx_as_torch(b.path / "model.onnx", output="probability", dtype=torch.float32)
@@ -460,8 +460,8 @@ def stage_celltypist(path: Path, bundle: Path) -> dict:
     import numpy as np
     import scanpy as sc
 
-    from scoring.bundle import load_bundle
-    from scoring.genes import match_genes
+    from scdr.scoring.bundle import load_bundle
+    from scdr.scoring.genes import match_genes
 
     b = load_bundle(bundle)
     example = ad.read_h5ad(HERE.parent / "examples" / "celseq2_p1.h5ad")

@@ -26,20 +26,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from training.data import (  # noqa: E402
+from scdr.training.data import (
     DEFAULT_HOLDOUT_LINES,
     LabelRule,
     load_ic50_entries,
     make_labels,
     normalize_line_name,
 )
-from training.drugs import DEFAULT_QUANTILE, DRUGS, TARGETED_Z_MAX, DrugSpec  # noqa: E402
-from training.pipeline import TrainingInputs, train_bundle  # noqa: E402
-from training.recipes import SHIPPED, Recipe, find_recipe  # noqa: E402
-from training.train import stderr_logger  # noqa: E402
+from scdr.training.drugs import DEFAULT_QUANTILE, DRUGS, TARGETED_Z_MAX, DrugSpec
+from scdr.training.pipeline import TrainingInputs, train_bundle
+from scdr.training.recipes import SHIPPED, Recipe, find_recipe
+from scdr.training.train import stderr_logger
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ROOT / "exported_models"
 RESULTS = ROOT / "benchmarks" / "results"

@@ -8,13 +8,17 @@ __version__ = "0.1.0"
 
 _LAZY = {  # public name -> module; imported on first use, so that `scdr-score` can install its
     # signal handler (scoring.launch) before numpy, numba and onnxruntime load
-    "Bundle": "scoring.bundle",
-    "find_bundle": "scoring.bundle",
-    "list_bundles": "scoring.bundle",
-    "load_bundle": "scoring.bundle",
-    "ScoreTable": "scoring.engine",
-    "score": "scoring.engine",
-    "ScdrError": "scoring.errors",
+    "annotate": "scdr.scoring.annotate",
+    "ExplainSettings": "scdr.scoring.engine",
+    "score_file": "scdr.scoring.engine",
+    "Bundle": "scdr.scoring.bundle",
+    "list_models": "scdr.scoring.bundle",
+    "find_bundle": "scdr.scoring.bundle",
+    "list_bundles": "scdr.scoring.bundle",
+    "load_bundle": "scdr.scoring.bundle",
+    "ScoreTable": "scdr.scoring.engine",
+    "score": "scdr.scoring.engine",
+    "ScdrError": "scdr.scoring.errors",
 }
 
 
@@ -24,16 +28,6 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'scoring' has no attribute {name!r}")
+    raise AttributeError(f"module 'scdr.scoring' has no attribute {name!r}")
 
-__all__ = [
-    "Bundle",
-    "ScdrError",
-    "ScoreTable",
-    "__version__",
-    "annotate",
-    "find_bundle",
-    "list_bundles",
-    "load_bundle",
-    "score",
-]
+__all__ = ["__version__", *_LAZY]

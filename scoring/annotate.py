@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from scoring.engine import DEFAULT_CHUNK_SIZE, ExplainSettings, score
-from scoring.errors import InputError
-from scoring.h5ad import looks_like_counts
+from scdr.scoring.engine import DEFAULT_CHUNK_SIZE, ExplainSettings, score
+from scdr.scoring.errors import InputError
+from scdr.scoring.h5ad import looks_like_counts
 
 
 def annotate(

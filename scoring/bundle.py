@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from scoring.errors import BundleError
-from scoring.normalize import Normalization
+from scdr.scoring.errors import BundleError
+from scdr.scoring.normalize import Normalization
 
 FORMAT = "scdr-bundle"
 FORMAT_VERSIONS = (1,)
@@ -157,7 +157,7 @@ def refuse_external_data(blob: bytes, path: Path) -> None:
 
 def bundled_models_dir() -> Path:
     """The folder of bundles shipped with the package."""
-    import exported_models
+    from scdr import exported_models
 
     return Path(exported_models.__file__).resolve().parent
 
@@ -172,6 +172,25 @@ def list_bundles(root: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
         except BundleError:
             continue
     return found
+
+
+def list_models(root: Path | None = None) -> list[dict[str, Any]]:
+    """One summary per bundle under ``root`` (default: the shipped ones), as ``scdr-models`` prints it."""
+    rows = []
+    for path, card in list_bundles(root):
+        metrics = card.get("metrics", {})
+        rows.append({
+            "drug": card["drug"],
+            "aliases": card.get("aliases", []),
+            "genes": len(card["genes"]["symbols"]),
+            "pathways": len(card["pathways"]["names"]),
+            "pathway_source": card["pathways"].get("source", ""),
+            "threshold": card["threshold"]["value"],
+            "bulk_cv_auroc": (metrics.get("bulk_cross_validation") or {}).get("auroc_mean"),
+            "description": card.get("description", ""),
+            "path": str(path),
+        })
+    return rows
 
 
 def find_bundle(drug: str, root: Path | None = None) -> Path:

@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from scoring import __version__, signals
-from scoring.atomic import write_json_atomic
-from scoring.bundle import list_bundles
-from scoring.distributed import score_distributed
-from scoring.engine import (
+from scdr.scoring import __version__, signals
+from scdr.scoring.atomic import write_json_atomic
+from scdr.scoring.bundle import list_models
+from scdr.scoring.distributed import score_distributed
+from scdr.scoring.engine import (
     DEFAULT_CHUNK_SIZE,
     INTERRUPTED,
     MAX_GENE_CELLS,
@@ -27,7 +27,7 @@ from scoring.engine import (
     resolve_bundle,
     score_file,
 )
-from scoring.errors import (
+from scdr.scoring.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -35,10 +35,10 @@ from scoring.errors import (
     InputError,
     ScdrError,
 )
-from scoring.explain import BASELINES, DEFAULT_RULE, DEFAULT_STEPS, RULES
-from scoring.inference import DEVICES
-from scoring.output import STDOUT, check_output_path, default_output_path, table_format
-from scoring.progress import progress_bar
+from scdr.scoring.explain import BASELINES, DEFAULT_RULE, DEFAULT_STEPS, RULES
+from scdr.scoring.inference import DEVICES
+from scdr.scoring.output import STDOUT, check_output_path, default_output_path, table_format
+from scdr.scoring.progress import progress_bar
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -190,20 +190,7 @@ def score_command(input_paths: tuple[str, ...], drugs: tuple[str, ...], models: 
 @click.option("--json", "as_json", is_flag=True, help="Print the cards' summaries as JSON.")
 def models_command(as_json: bool) -> None:
     """List the shipped models with a summary of each card."""
-    rows = []
-    for path, card in list_bundles():
-        metrics = card.get("metrics", {})
-        rows.append({
-            "drug": card["drug"],
-            "aliases": card.get("aliases", []),
-            "genes": len(card["genes"]["symbols"]),
-            "pathways": len(card["pathways"]["names"]),
-            "pathway_source": card["pathways"].get("source", ""),
-            "threshold": card["threshold"]["value"],
-            "bulk_cv_auroc": (metrics.get("bulk_cross_validation") or {}).get("auroc_mean"),
-            "description": card.get("description", ""),
-            "path": str(path),
-        })
+    rows = list_models()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scoring import __version__
-from scoring.atomic import publish, write_json_atomic
-from scoring.bundle import Bundle, load_bundle
-from scoring.engine import ChunkResult, ModelRun, prepare_run, stream
-from scoring.errors import InputError, OutputError, ScdrError
-from scoring.h5ad import open_counts
-from scoring.output import TableWriter, table_delimiter, table_header
+from scdr.scoring import __version__
+from scdr.scoring.atomic import publish, write_json_atomic
+from scdr.scoring.bundle import Bundle, load_bundle
+from scdr.scoring.engine import ChunkResult, ModelRun, prepare_run, stream
+from scdr.scoring.errors import InputError, OutputError, ScdrError
+from scdr.scoring.h5ad import open_counts
+from scdr.scoring.output import TableWriter, table_delimiter, table_header
 
 MANIFEST = "manifest.json"
 CHUNKS_PER_TASK = 8

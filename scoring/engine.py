@@ -17,23 +17,23 @@ import numpy as np
 import scipy
 import scipy.sparse as sp
 
-from scoring import __version__
-from scoring.bundle import Bundle, find_bundle, load_bundle
-from scoring.errors import InputError, ScdrError
-from scoring.explain import (
+from scdr.scoring import __version__
+from scdr.scoring.bundle import Bundle, find_bundle, load_bundle
+from scdr.scoring.errors import InputError, ScdrError
+from scdr.scoring.explain import (
     DEFAULT_RULE,
     DEFAULT_STEPS,
     FD_STEP,
     IntegratedGradients,
     baseline_vector,
 )
-from scoring.genes import GeneMatch, match_genes
-from scoring.h5ad import Chunk, CountSource, from_arrays, open_counts
-from scoring.inference import Predictor, make_predictor, make_session
-from scoring.normalize import STATUS_ZERO_COUNTS, normalize_chunk
-from scoring.output import ExplainWriter, TableWriter
-from scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
-from scoring.signals import INTERRUPTED  # set by the CLI's handler; raised between chunks
+from scdr.scoring.genes import GeneMatch, match_genes
+from scdr.scoring.h5ad import Chunk, CountSource, from_arrays, open_counts
+from scdr.scoring.inference import Predictor, make_predictor, make_session
+from scdr.scoring.normalize import STATUS_ZERO_COUNTS, normalize_chunk
+from scdr.scoring.output import ExplainWriter, TableWriter
+from scdr.scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
+from scdr.scoring.signals import INTERRUPTED  # set by the CLI's handler; raised between chunks
 
 DEFAULT_CHUNK_SIZE = 8192
 MIN_COVERAGE = 0.5

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import onnxruntime as ort
 
-from scoring.errors import BundleError, ScdrError
+from scdr.scoring.errors import BundleError, ScdrError
 
 RULES = ("left", "right", "midpoint", "trapezoid", "gauss-legendre")
 BASELINES = ("zero", "bulk_mean", "single_cell_mean")

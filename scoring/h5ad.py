@@ -23,8 +23,8 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from scoring.errors import InputError
-from scoring.storage import range_reader
+from scdr.scoring.errors import InputError
+from scdr.scoring.storage import range_reader
 
 COUNT_LOCATIONS = ("layers/counts", "raw/X", "X")
 MAX_FEATURES = 1 << 22  # features (genes, peaks) a file may name: var names are read whole

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from scoring.bundle import Bundle
-from scoring.errors import BundleError, ScdrError
+from scdr.scoring.bundle import Bundle
+from scdr.scoring.errors import BundleError, ScdrError
 
 DEVICES = ("auto", "cpu", "cuda")
 # full float32 products: TF32 (ONNX Runtime's CUDA default) keeps 10 mantissa bits, which moves

@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from scoring import signals
-from scoring.atomic import write_json_atomic
+from scdr.scoring import signals
+from scdr.scoring.atomic import write_json_atomic
 
 EXIT_INTERRUPTED = 130
 
@@ -23,7 +23,7 @@ def score_main() -> None:
     """Install the signal handler before the heavy imports, then run `scdr-score`."""
     signals.install()
     try:
-        from scoring.cli import score_command
+        from scdr.scoring.cli import score_command
 
         score_command.main(prog_name="scdr-score", standalone_mode=False)
     except SystemExit as done:  # the run's outcome is decided and reported

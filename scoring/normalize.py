@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from scoring.errors import InputError
+from scdr.scoring.errors import InputError
 
 STATUS_OK = 0
 STATUS_ZERO_COUNTS = 1

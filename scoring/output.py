@@ -19,8 +19,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from scoring.atomic import publish, publish_text
-from scoring.errors import OutputError
+from scdr.scoring.atomic import publish, publish_text
+from scdr.scoring.errors import OutputError
 
 FLOAT_FORMAT = "%.6g"
 STDOUT = "-"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scoring.errors import ScdrError
+from scdr.scoring.errors import ScdrError
 
 BINS = np.linspace(0.0, 1.0, 51)
 MAX_EMBEDDING_POINTS = 50_000
@@ -83,7 +83,7 @@ class ReportCollector:
 def write_report(path: Path, summary: dict[str, Any], collectors: list[ReportCollector],
                  embedding: np.ndarray | None) -> None:
     """Render the report to ``path`` (atomically), with figures embedded as PNG data URIs."""
-    from scoring.atomic import publish_text
+    from scdr.scoring.atomic import publish_text
 
     parts = [_HEAD.format(title=html.escape(f"scdr report: {Path(summary['input']).name}"))]
     parts.append(_summary_table(summary))

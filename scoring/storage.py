@@ -22,7 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from scoring.errors import InputError
+from scdr.scoring.errors import InputError
 
 THREADS = max(1, min(4, os.cpu_count() or 1))  # inflating threads for gzip files
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14+; EINVAL elsewhere

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from helpers import EXAMPLE
 
-from scoring import score
-from scoring.annotate import annotate
-from scoring.engine import ExplainSettings
-from scoring.errors import InputError
+from scdr.scoring import score
+from scdr.scoring.annotate import annotate
+from scdr.scoring.engine import ExplainSettings
+from scdr.scoring.errors import InputError
 
 ad = pytest.importorskip("anndata")
 

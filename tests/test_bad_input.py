@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 from helpers import EXAMPLE, write_h5ad
 
-CLI = [sys.executable, "-m", "scoring.cli"]
+CLI = [sys.executable, "-m", "scdr.scoring.cli"]
 
 
 def _fail(tmp_path, input_path, *args, rc=2, model=None):

@@ -30,8 +30,6 @@ def test_throughput_quick_mode_writes_the_table(tmp_path, bundle_dir):
 def test_atlas_generator_resamples_real_cells(tmp_path):
     import h5py
     import numpy as np
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from make_atlas import make_atlas
 
     stats = make_atlas(tmp_path / "a.h5ad", 500, "10x", compress=True, seed=1)

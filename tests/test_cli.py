@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from helpers import EXAMPLE, forward, reference_normalize, write_h5ad
 
-from scoring import score
-from scoring.bundle import load_bundle
-from scoring.genes import match_genes
+from scdr.scoring import score
+from scdr.scoring.bundle import load_bundle
+from scdr.scoring.genes import match_genes
 
-CLI = [sys.executable, "-m", "scoring.cli"]
+CLI = [sys.executable, "-m", "scdr.scoring.cli"]
 
 
 def _cli(*args, check_rc=0):
@@ -129,7 +129,7 @@ def test_zero_count_cells_are_flagged_not_nan(tmp_path, bundle_dir, example_coun
 
 @pytest.mark.parametrize("alias", ["testdrug", "TESTDRUG", "td-1"])
 def test_drug_lookup_by_name_or_alias(bundle_dir, alias):
-    from scoring.bundle import find_bundle
+    from scdr.scoring.bundle import find_bundle
 
     assert find_bundle(alias, root=bundle_dir.parent) == bundle_dir
 

@@ -9,16 +9,14 @@ import threading
 import time
 
 import pytest
-from helpers import ROOT
 
 pytest.importorskip("distributed")
 
-CLI = [sys.executable, "-m", "scoring.cli"]
+CLI = [sys.executable, "-m", "scdr.scoring.cli"]
 
 
 @pytest.fixture(scope="module")
 def cells(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from make_atlas import make_atlas
 
     path = tmp_path_factory.mktemp("dist") / "cells.h5ad"
@@ -68,8 +66,8 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(tmp_path, cells, bund
                                                            local_output):
     from distributed import LocalCluster
 
-    from scoring.bundle import load_bundle
-    from scoring.distributed import score_distributed
+    from scdr.scoring.bundle import load_bundle
+    from scdr.scoring.distributed import score_distributed
 
     out = tmp_path / "dist.csv"
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

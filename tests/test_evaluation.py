@@ -3,21 +3,16 @@ lines, the marker table, and a quick end-to-end run of benchmarks/evaluate.py.""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import evaluate
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import evaluate  # noqa: E402
-
-from training.data import (  # noqa: E402
+from scdr.training.data import (
     DEFAULT_HOLDOUT_LINES,
     Ic50Entry,
     LabelRule,
@@ -25,8 +20,10 @@ from training.data import (  # noqa: E402
     load_ic50_entries,
     make_labels,
 )
-from training.drugs import DRUGS, TARGETED_Z_MAX, find_drug  # noqa: E402
-from training.recipes import SHIPPED  # noqa: E402
+from scdr.training.drugs import DRUGS, TARGETED_Z_MAX, find_drug
+from scdr.training.recipes import SHIPPED
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from helpers import EXAMPLE, head_logit, weights, write_bundle
 
-from scoring import score
-from scoring.bundle import load_bundle
-from scoring.engine import ExplainSettings
-from scoring.explain import IntegratedGradients, quadrature
-from scoring.inference import make_session
+from scdr.scoring import score
+from scdr.scoring.bundle import load_bundle
+from scdr.scoring.engine import ExplainSettings
+from scdr.scoring.explain import IntegratedGradients, quadrature
+from scdr.scoring.inference import make_session
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_quadrature_weights_integrate_polynomials(rule):
 
 
 def test_same_attributions_whatever_chunk_and_batch(mlp_bundle, monkeypatch):
-    import scoring.explain as ex
+    import scdr.scoring.explain as ex
 
     settings = ExplainSettings(steps=8)
     ref = score(EXAMPLE, model=mlp_bundle, explain=settings, chunk_size=10_000)
@@ -122,8 +122,8 @@ def test_gene_level_matches_captum_on_a_few_cells(mlp_bundle, example_counts):
     captum_attr = pytest.importorskip("captum.attr")
     from scipy.stats import spearmanr
 
-    from scoring.genes import match_genes
-    from scoring.normalize import normalize_chunk
+    from scdr.scoring.genes import match_genes
+    from scdr.scoring.normalize import normalize_chunk
 
     m, var, _ = example_counts
     b = load_bundle(mlp_bundle)
@@ -156,7 +156,7 @@ def test_cli_explain_outputs(tmp_path, mlp_bundle):
     out = tmp_path / "t.csv"
     ex = tmp_path / "attr.h5"
     proc = subprocess.run(
-        [sys.executable, "-m", "scoring.cli", str(EXAMPLE), "--model", str(mlp_bundle), "-o",
+        [sys.executable, "-m", "scdr.scoring.cli", str(EXAMPLE), "--model", str(mlp_bundle), "-o",
          str(out), "--explain", "--explain-out", str(ex), "--groupby", "cell_line",
          "--explain-genes", "p1_A1,p1_A10", "--steps", "8", "-q"],
         capture_output=True, text=True, timeout=300)

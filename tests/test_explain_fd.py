@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from helpers import EXAMPLE
 
-from scoring import score
-from scoring.bundle import FD_FILE, find_bundle, load_bundle
-from scoring.engine import ExplainSettings
-from scoring.errors import BundleError
-from scoring.explain import IntegratedGradients
-from scoring.inference import make_session
+from scdr.scoring import score
+from scdr.scoring.bundle import FD_FILE, find_bundle, load_bundle
+from scdr.scoring.engine import ExplainSettings
+from scdr.scoring.errors import BundleError
+from scdr.scoring.explain import IntegratedGradients
+from scdr.scoring.inference import make_session
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def real_pathways(cisplatin):
 
 
 def test_every_shipped_bundle_has_a_head_fd_graph():
-    from scoring.bundle import list_bundles
+    from scdr.scoring.bundle import list_bundles
 
     bundles = [load_bundle(p) for p, _ in list_bundles()]
     assert len(bundles) >= 12
@@ -50,8 +50,8 @@ def test_graph_and_black_box_differences_give_the_same_attributions(cisplatin, r
 
 
 def test_engine_explains_every_plate_cell_through_head_fd(cisplatin):
-    from scoring.engine import prepare_run
-    from scoring.h5ad import open_counts
+    from scdr.scoring.engine import prepare_run
+    from scdr.scoring.h5ad import open_counts
 
     with open_counts(EXAMPLE) as src:
         run = prepare_run(cisplatin, src, "cpu", None, False, ExplainSettings())
@@ -91,7 +91,7 @@ def test_fd_graph_equals_central_differences_of_a_deeper_head():
     torch = pytest.importorskip("torch")
     import onnxruntime as ort
 
-    from training.export import build_head_fd_graph
+    from scdr.training.export import build_head_fd_graph
 
     torch.manual_seed(0)
     head = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Dropout(0.5),
@@ -115,7 +115,7 @@ def test_kink_aware_graph_flags_points_near_a_kink_and_is_exact_elsewhere():
     torch = pytest.importorskip("torch")
     import onnxruntime as ort
 
-    from training.export import build_head_fd_graph
+    from scdr.training.export import build_head_fd_graph
 
     torch.manual_seed(1)
     head = torch.nn.Sequential(torch.nn.Linear(10, 6), torch.nn.ReLU(), torch.nn.Linear(6, 1)).eval()

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from helpers import EXAMPLE, ROOT
 
-from scoring import score
-from scoring.bundle import load_bundle
-from scoring.engine import ExplainSettings
-from scoring.explain import IntegratedGradients
-from scoring.genes import match_genes
-from scoring.inference import make_session
-from scoring.normalize import normalize_chunk
+from scdr.scoring import score
+from scdr.scoring.bundle import load_bundle
+from scdr.scoring.engine import ExplainSettings
+from scdr.scoring.explain import IntegratedGradients
+from scdr.scoring.genes import match_genes
+from scdr.scoring.inference import make_session
+from scdr.scoring.normalize import normalize_chunk
 
 pytest.importorskip("captum")
 BUNDLE = ROOT / "exported_models" / "cisplatin"
@@ -25,7 +25,7 @@ def table():
 def test_onnx_replay_in_torch_matches_onnx_runtime(table):
     import torch
 
-    from training.explain import onnx_as_torch
+    from scdr.training.explain import onnx_as_torch
 
     head = onnx_as_torch(BUNDLE / "head.onnx")
     logit = head(torch.tensor(table.pathways, dtype=torch.float64)).numpy()
@@ -35,7 +35,7 @@ def test_onnx_replay_in_torch_matches_onnx_runtime(table):
 def test_pathway_attributions_agree_with_captum(table):
     from scipy.stats import spearmanr
 
-    from training.explain import captum_attributions
+    from scdr.training.explain import captum_attributions
 
     ref = captum_attributions(BUNDLE, table.pathways, "pathway", steps=32)
     ours = table.attributions
@@ -51,7 +51,7 @@ def test_pathway_attributions_agree_with_captum(table):
 def test_gene_attributions_agree_with_captum_on_a_few_cells(example_counts):
     from scipy.stats import spearmanr
 
-    from training.explain import captum_attributions
+    from scdr.training.explain import captum_attributions
 
     m, var, _ = example_counts
     b = load_bundle(BUNDLE)
@@ -69,7 +69,7 @@ def test_gene_attributions_agree_with_captum_on_a_few_cells(example_counts):
 
 @pytest.mark.parametrize("baseline", ["bulk_mean", "single_cell_mean"])
 def test_stored_reference_baselines_are_complete(baseline):
-    from training.explain import captum_attributions
+    from scdr.training.explain import captum_attributions
 
     b = load_bundle(BUNDLE)
     ref_vector = np.asarray(b.card["reference_pathways"][baseline], dtype=np.float32)

@@ -16,12 +16,12 @@ import pytest
 from helpers import EXAMPLE
 from onnx import TensorProto, helper, numpy_helper
 
-import scoring.bundle as bundle_module
-from scoring import score
-from scoring.bundle import load_bundle, refuse_external_data
-from scoring.errors import EXIT_BAD_MODEL, BundleError
+import scdr.scoring.bundle as bundle_module
+from scdr.scoring import score
+from scdr.scoring.bundle import load_bundle, refuse_external_data
+from scdr.scoring.errors import EXIT_BAD_MODEL, BundleError
 
-CLI = [sys.executable, "-m", "scoring.cli"]
+CLI = [sys.executable, "-m", "scdr.scoring.cli"]
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 from helpers import EXAMPLE, write_h5ad
 
-import scoring
-from scoring import score
-from scoring.bundle import load_bundle
-from scoring.cli import score_command
-from scoring.engine import ExplainSettings, score_file
+from scdr import scoring
+from scdr.scoring import score
+from scdr.scoring.bundle import load_bundle
+from scdr.scoring.cli import score_command
+from scdr.scoring.engine import ExplainSettings, score_file
 
-CLI = [sys.executable, "-m", "scoring.cli"]
+CLI = [sys.executable, "-m", "scdr.scoring.cli"]
 
 
 @pytest.fixture(scope="module")

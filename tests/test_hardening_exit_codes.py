@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from helpers import EXAMPLE
 
-import scoring.cli as cli
-from scoring import errors
+import scdr.scoring.cli as cli
+from scdr.scoring import errors
 
 
 def test_the_codes_themselves_are_stable():
@@ -122,7 +122,7 @@ def test_unforeseen_failure_is_1_internal_in_one_line(tmp_path, bundle_dir, monk
 
 
 def test_interrupt_is_130_and_leaves_no_output(tmp_path, bundle_dir, monkeypatch):
-    import scoring.engine as engine
+    import scdr.scoring.engine as engine
 
     real = engine._predict_chunk
     calls = []
@@ -153,16 +153,13 @@ def test_sigterm_aborts_cleanly_without_leftovers(tmp_path):
     import sys
     import time
 
-    from helpers import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from make_atlas import make_atlas
 
     cells = tmp_path / "big.h5ad"
     make_atlas(cells, 20000, "celseq", seed=3)
     out = tmp_path / "out.csv"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scoring.cli", str(cells), "--drug", "cisplatin", "-o", str(out),
+        [sys.executable, "-m", "scdr.scoring.cli", str(cells), "--drug", "cisplatin", "-o", str(out),
          "--chunk-size", "256", "--explain", "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -191,7 +188,7 @@ def test_first_signal_is_raised_after_the_chunk_and_a_second_at_once(bundle_dir)
     removes the temp files cannot itself be interrupted."""
     from helpers import EXAMPLE
 
-    from scoring import cli, engine, score
+    from scdr.scoring import cli, engine, score
 
     engine.INTERRUPTED.clear()
     try:
@@ -212,11 +209,7 @@ def test_first_signal_is_raised_after_the_chunk_and_a_second_at_once(bundle_dir)
 def test_bursts_of_signals_at_random_moments_never_hang_or_half_write():
     """A short run of benchmarks/signal_stress.py (the full one: 200 runs): bursts of 2-5
     SIGINT/SIGTERM to the process and its group, from start-up to the rename."""
-    import sys
 
-    from helpers import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import signal_stress
 
     outcomes = signal_stress.stress(runs=6, input_path=signal_stress.EXAMPLE, seed=7, deadline=60.0,

@@ -27,10 +27,10 @@ from helpers import forward, write_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scoring import score
-from scoring.cli import score_command
-from scoring.errors import EXIT_BAD_INPUT, InputError, ScdrError
-from scoring.h5ad import MAX_FEATURES, open_counts
+from scdr.scoring import score
+from scdr.scoring.cli import score_command
+from scdr.scoring.errors import EXIT_BAD_INPUT, InputError, ScdrError
+from scdr.scoring.h5ad import MAX_FEATURES, open_counts
 
 PANEL = [f"GENE{i}" for i in range(6)]
 MEMORY_BOUND = 48 << 20  # bytes traced while one tiny hostile file is scored
@@ -580,7 +580,7 @@ def test_the_well_formed_baseline_case_scores(tmp_path, panel_bundle):
 
 
 def test_big_chunks_are_handed_on_in_bounded_blocks(tmp_path, monkeypatch, panel_bundle):
-    import scoring.h5ad as h5ad
+    import scdr.scoring.h5ad as h5ad
 
     monkeypatch.setattr(h5ad, "BLOCK_ENTRIES", 5)
     monkeypatch.setattr(h5ad, "_DENSE_BLOCK_VALUES", 6)  # dense slabs of one row
@@ -668,8 +668,7 @@ def test_damaged_global_heap_is_refused_instead_of_looping_in_libhdf5(tmp_path, 
         p += 16 + (int.from_bytes(blob[p + 8 : p + 16], "little") + 7) // 8 * 8
     blob[p + 8 : p + 16] = bytes(8)
     path.write_bytes(bytes(blob))
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            "from scoring import score\n"
+    code = ("from scdr.scoring import score\n"
             f"score({str(path)!r}, model={str(panel_bundle)!r})\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "InputError" in proc.stderr and "damaged global heap" in proc.stderr, proc.stderr

@@ -26,7 +26,7 @@ if sys.argv[1] == "--control":
     socket.socket()
 else:
     sys.argv = ["scdr-score", *sys.argv[1:]]
-    from scoring.cli import score_command
+    from scdr.scoring.cli import score_command
     score_command()
 """
 
@@ -68,7 +68,7 @@ def test_no_network_socket_at_the_system_call_level(tmp_path, bundle_dir):
     control = _strace(tmp_path, sys.executable, "-c", "import socket; socket.socket()")
     if "AF_INET" not in control:
         pytest.skip("strace cannot trace here (ptrace not permitted)")
-    calls = _strace(tmp_path, sys.executable, "-m", "scoring.cli", EXAMPLE, "--model", bundle_dir,
+    calls = _strace(tmp_path, sys.executable, "-m", "scdr.scoring.cli", EXAMPLE, "--model", bundle_dir,
                     "-o", tmp_path / "out.csv", "-q", "--threads", "2")
     assert (tmp_path / "out.csv").exists()
     network = [line for line in calls.splitlines() if "AF_INET" in line or "AF_PACKET" in line]

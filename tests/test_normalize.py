@@ -7,9 +7,9 @@ import pytest
 import scipy.sparse as sp
 from helpers import reference_normalize
 
-from scoring.bundle import load_bundle
-from scoring.genes import match_genes
-from scoring.normalize import normalize_chunk
+from scdr.scoring.bundle import load_bundle
+from scdr.scoring.genes import match_genes
+from scdr.scoring.normalize import normalize_chunk
 
 
 def _run(m: sp.csr_matrix, gene_map, present, recipe, normalized_input=False):
@@ -62,7 +62,7 @@ def test_normalized_input_skips_scale_and_log(example_counts, bundle_dir):
 
 @pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
 def test_bad_values_raise(bundle_dir, bad):
-    from scoring.errors import InputError
+    from scdr.scoring.errors import InputError
 
     bundle = load_bundle(bundle_dir)
     n_panel = len(bundle.symbols)
@@ -75,7 +75,7 @@ def test_bad_values_raise(bundle_dir, bad):
 
 def test_vectorised_log1p_is_as_accurate_as_float32_log():
     """The polynomial log1p agrees with float64 log1p as closely as np.log(1 + x) in float32."""
-    from scoring.normalize import _log1p_inplace
+    from scdr.scoring.normalize import _log1p_inplace
 
     x = np.concatenate([np.linspace(0, 2, 200_001), np.geomspace(2, 1e7, 200_001)]).astype(np.float32)
     got = x.copy()
@@ -133,7 +133,7 @@ def test_depth_statistics_follow_each_cells_detection_rate(example_counts, bundl
 def test_bad_depth_statistics_refuse_the_bundle(bundle_dir, tmp_path, edit, words):
     import shutil
 
-    from scoring.errors import BundleError
+    from scdr.scoring.errors import BundleError
 
     folder = tmp_path / "bundle"
     shutil.copytree(bundle_dir, folder)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from helpers import EXAMPLE
 
-from scoring.errors import OutputError
-from scoring.output import table_format
+from scdr.scoring.errors import OutputError
+from scdr.scoring.output import table_format
 
-CLI = [sys.executable, "-m", "scoring.cli"]
+CLI = [sys.executable, "-m", "scdr.scoring.cli"]
 
 
 def _cli(*args, check_rc=0):

@@ -6,8 +6,8 @@ import pytest
 import scipy.sparse as sp
 from helpers import EXAMPLE, SHARED_DATA, write_h5ad
 
-from scoring.errors import InputError
-from scoring.h5ad import open_counts
+from scdr.scoring.errors import InputError
+from scdr.scoring.h5ad import open_counts
 
 
 def _read_all(path, chunk_size=64, **kw):

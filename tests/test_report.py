@@ -29,7 +29,7 @@ def report(tmp_path_factory, example_with_umap, bundle_dir):
     pytest.importorskip("matplotlib")
     out = tmp_path_factory.mktemp("report")
     proc = subprocess.run(
-        [sys.executable, "-m", "scoring.cli", str(example_with_umap), "--model", str(bundle_dir),
+        [sys.executable, "-m", "scdr.scoring.cli", str(example_with_umap), "--model", str(bundle_dir),
          "-o", str(out / "t.csv"), "--explain", "--steps", "4", "--groupby", "cell_line",
          "--report", str(out / "report.html"), "-q"],
         capture_output=True, text=True, timeout=300)

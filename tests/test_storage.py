@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from helpers import write_h5ad
 
-from scoring.errors import InputError
-from scoring.h5ad import open_counts
-from scoring.storage import range_reader
+from scdr.scoring.errors import InputError
+from scdr.scoring.h5ad import open_counts
+from scdr.scoring.storage import range_reader
 
 LAYOUTS = {
     "contiguous": {},

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from training.data import (
+from scdr.training.data import (
     DEFAULT_HOLDOUT_LINES,
     DataError,
     LabelRule,
@@ -20,15 +20,15 @@ from training.data import (
     make_labels,
     normalize_line_name,
 )
-from training.genesets import build_mask, filter_sets, pathway_source, read_gmt
-from training.normalize import (
+from scdr.training.genesets import build_mask, filter_sets, pathway_source, read_gmt
+from scdr.training.normalize import (
     Normalization,
     gene_stats,
     match_features,
     normalize_bulk,
     normalize_cells,
 )
-from training.panel import choose_panel, gene_key, load_gene_ids
+from scdr.training.panel import choose_panel, gene_key, load_gene_ids
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent (CI has it)")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from training.ensemble import (
+from scdr.training.ensemble import (
     Calibration,
     StudentConfig,
     distill,
@@ -17,8 +17,8 @@ from training.ensemble import (
     platt,
     reliability,
 )
-from training.export import build_head_graph, build_model_graph
-from training.train import TrainConfig, predict
+from scdr.training.export import build_head_graph, build_model_graph
+from scdr.training.train import TrainConfig, predict
 
 FAST = TrainConfig(epochs=30, patience=0, hidden=16, head_hidden=8, alignment="none", lr=3e-3,
                    dropout=0.1, input_dropout=0.1, threads=1)

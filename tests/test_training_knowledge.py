@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training.data import DataError
-from training.drugs import DRUGS
-from training.knowledge import (
+from scdr.training.data import DataError
+from scdr.training.drugs import DRUGS
+from scdr.training.knowledge import (
     KNOWLEDGE,
     KNOWLEDGE_PREFIX,
     TARGET_PREFIX,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.module import MaskedLinear, ScdrModule, dann_scale, grad_reverse, mmd
-from training.train import (
+from scdr.training.module import MaskedLinear, ScdrModule, dann_scale, grad_reverse, mmd
+from scdr.training.train import (
     TrainConfig,
     domain_mixing_auroc,
     fit,
@@ -124,7 +124,7 @@ def test_device_resolution():
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent (CI has it)")
 def test_alignment_mixes_real_bulk_and_real_cells():
     """Domain classifier AUROC on the pathway layer falls with alignment (real GDSC vs plates)."""
-    from training.pipeline import TrainingInputs, prepare
+    from scdr.training.pipeline import TrainingInputs, prepare
 
     data = prepare(
         TrainingInputs(

@@ -17,11 +17,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from training.cli import main
-from training.data import DEFAULT_HOLDOUT_LINES, load_single_cell
-from training.export import ExportError, build_head_graph, build_model_graph, check_parity
-from training.module import ScdrModule
-from training.normalize import Normalization, normalize_cells
+from scdr.training.cli import main
+from scdr.training.data import DEFAULT_HOLDOUT_LINES, load_single_cell
+from scdr.training.export import ExportError, build_head_graph, build_model_graph, check_parity
+from scdr.training.module import ScdrModule
+from scdr.training.normalize import Normalization, normalize_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -151,7 +151,7 @@ def test_scoring_cli_uses_the_bundle_without_torch(bundle: Path, tmp_path: Path)
         "    sys.modules[name] = None  # any import of these now fails\n"
         f"sys.argv = ['scdr-score', {str(PLATE)!r}, '--model', {str(bundle)!r},\n"
         f"            '--output', {str(output)!r}, '--pathways', '--chunk-size', '64', '--quiet']\n"
-        "runpy.run_module('scoring.cli', run_name='__main__')\n"
+        "runpy.run_module('scdr.scoring.cli', run_name='__main__')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
@@ -181,7 +181,7 @@ def test_scoring_cli_uses_the_bundle_without_torch(bundle: Path, tmp_path: Path)
 
 @needs_data
 def test_scoring_python_api_matches(bundle: Path):
-    from scoring import score
+    from scdr.scoring import score
 
     result = score(PLATE, model=bundle)
     card, x = _normalised_plate(bundle)
@@ -259,7 +259,7 @@ def test_add_depth_stats_reproduces_the_trained_block(bundle: Path, tmp_path: Pa
     target files; a file other than the one it was trained on is refused."""
     import shutil
 
-    from training.depth import add_depth_stats
+    from scdr.training.depth import add_depth_stats
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
@@ -277,7 +277,7 @@ def test_add_depth_stats_reproduces_the_trained_block(bundle: Path, tmp_path: Pa
 def test_scdr_train_names_the_extra_when_a_dependency_is_missing(missing: str):
     """In the light install (no torch, onnx or pandas) `scdr-train --help` is one line, exit 2."""
     code = (f"import sys; sys.modules[{missing!r}] = None; sys.argv = ['scdr-train', '--help']; "
-            "from training.launcher import main; main()")
+            "from scdr.training.launcher import main; main()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

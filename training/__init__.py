@@ -2,16 +2,16 @@
 
 Training may import torch, onnx, anndata and scikit-learn; the bundle it writes is the only thing
 that `scoring` ever sees (contract: `exported_models/README.md`). Nothing is imported here, so
-that `scdr-train` can say which extra is missing in a light install (`training.launcher`).
+that `scdr-train` can say which extra is missing in a light install (`scdr.training.launcher`).
 """
 
 __all__ = ["DataError"]
 
 
 def __getattr__(name: str) -> object:
-    """`training.DataError`, imported on first use."""
+    """`scdr.training.DataError`, imported on first use."""
     if name == "DataError":
-        from training.data import DataError
+        from scdr.training.data import DataError
 
         return DataError
-    raise AttributeError(f"module 'training' has no attribute {name!r}")
+    raise AttributeError(f"module 'scdr.training' has no attribute {name!r}")

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import click
 
-from training.data import DEFAULT_HOLDOUT_LINES, DataError
-from training.ensemble import DEFAULT_MEMBERS
-from training.export import ExportError
-from training.genesets import MAX_SET_SIZE, MIN_SET_SIZE
-from training.module import ALIGNMENTS
-from training.panel import DEFAULT_PANEL_SIZE
-from training.pipeline import TrainingInputs, train_bundle
-from training.train import TrainConfig, stderr_logger
+from scdr.training.data import DEFAULT_HOLDOUT_LINES, DataError
+from scdr.training.ensemble import DEFAULT_MEMBERS
+from scdr.training.export import ExportError
+from scdr.training.genesets import MAX_SET_SIZE, MIN_SET_SIZE
+from scdr.training.module import ALIGNMENTS
+from scdr.training.panel import DEFAULT_PANEL_SIZE
+from scdr.training.pipeline import TrainingInputs, train_bundle
+from scdr.training.train import TrainConfig, stderr_logger
 
 _FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 _DEFAULTS = TrainConfig()

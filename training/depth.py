@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from training.normalize import Normalization, detection_rate, gene_stats, scale_cells
+from scdr.training.normalize import Normalization, detection_rate, gene_stats, scale_cells
 
 KEEP_FRACTIONS = (1.0, 0.5, 0.25, 0.12, 0.06, 0.03)  # of each count; 1.0 = the files as they are
 SEED = 0
@@ -64,8 +64,8 @@ def thin(counts: sp.csr_matrix, keep: float, rng: np.random.Generator) -> sp.csr
 def add_depth_stats(bundle_dir: str | Path, targets: list[str | Path]) -> dict:
     """Give an existing bundle its depth statistics (no retraining; the ONNX files are untouched).
     ``targets`` are the files it was trained on; each must match the card's recorded sha256."""
-    from training.data import load_single_cell, sha256_file
-    from training.export import write_card
+    from scdr.training.data import load_single_cell, sha256_file
+    from scdr.training.export import write_card
 
     root = Path(bundle_dir)
     card = json.loads((root / "card.json").read_text())

@@ -24,8 +24,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
-from training.module import ScdrModule
-from training.train import Logger, TrainConfig, _metrics, configure_torch, fit, predict
+from scdr.training.module import ScdrModule
+from scdr.training.train import Logger, TrainConfig, _metrics, configure_torch, fit, predict
 
 DEFAULT_MEMBERS = 5
 RELIABILITY_BINS = 10

@@ -21,7 +21,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from training.module import ScdrModule
+from scdr.training.module import ScdrModule
 
 FORMAT = "scdr-bundle"
 FORMAT_VERSION = 1

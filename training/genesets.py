@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import DataError
+from scdr.training.data import DataError
 
 MIN_SET_SIZE = 10
 MAX_SET_SIZE = 500

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data import DataError
-from training.genesets import read_gmt
+from scdr.training.data import DataError
+from scdr.training.genesets import read_gmt
 
 TARGET_PREFIX = "TARGET: "
 KNOWLEDGE_PREFIX = "KNOWLEDGE: "

@@ -12,7 +12,7 @@ EXTRA_HINT = (
 def main() -> None:
     """Run the training CLI, or exit 2 with one line when its dependencies are missing."""
     try:
-        from training.cli import main as cli_main
+        from scdr.training.cli import main as cli_main
     except ImportError as exc:
         missing = exc.name or str(exc)
         sys.stderr.write(f"scdr-train: error: training needs the 'train' extra ({missing} is not "

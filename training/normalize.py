@@ -196,7 +196,7 @@ def gene_stats(blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple
 def match_features(features: list[str], symbols: list[str], ensembl_ids: list[str | None]) -> np.ndarray:
     """Panel index of each file feature by symbol or Ensembl key; -1 if none. Scoring's own
     matcher, so both halves map genes identically."""
-    from scoring.genes import match_genes
+    from scdr.scoring.genes import match_genes
 
     return match_genes(features, symbols, ensembl_ids).gene_map.astype(np.int64)
 

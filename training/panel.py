@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data import BulkExpression, DataError
-from training.genesets import MAX_SET_SIZE, MIN_SET_SIZE, PathwayMask, build_mask, filter_sets
-from training.knowledge import KNOWLEDGE_MIN_SIZE, KNOWLEDGE_PREFIX, TARGET_PREFIX
+from scdr.training.data import BulkExpression, DataError
+from scdr.training.genesets import MAX_SET_SIZE, MIN_SET_SIZE, PathwayMask, build_mask, filter_sets
+from scdr.training.knowledge import KNOWLEDGE_MIN_SIZE, KNOWLEDGE_PREFIX, TARGET_PREFIX
 
 DEFAULT_PANEL_SIZE = 2000
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")

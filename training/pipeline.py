@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import (
+from scdr.training.data import (
     DEFAULT_HOLDOUT_LINES,
     BulkExpression,
     DataError,
@@ -29,27 +29,27 @@ from training.data import (
     normalize_line_name,
     sha256_file,
 )
-from training.depth import depth_stats
-from training.drugs import find_drug
-from training.ensemble import DEFAULT_MEMBERS, Ensemble, fit_calibrated
-from training.export import export_bundle, make_card
-from training.genesets import (
+from scdr.training.depth import depth_stats
+from scdr.training.drugs import find_drug
+from scdr.training.ensemble import DEFAULT_MEMBERS, Ensemble, fit_calibrated
+from scdr.training.export import export_bundle, make_card
+from scdr.training.genesets import (
     MAX_SET_SIZE,
     MIN_SET_SIZE,
     PathwayMask,
     pathway_source,
     read_gmt,
 )
-from training.knowledge import card_block, knowledge_nodes
-from training.normalize import (
+from scdr.training.knowledge import card_block, knowledge_nodes
+from scdr.training.normalize import (
     Normalization,
     gene_stats,
     normalize_bulk,
     scale_cells,
     standardize,
 )
-from training.panel import DEFAULT_PANEL_SIZE, GenePanel, choose_panel, load_gene_ids
-from training.train import Logger, TrainConfig, _metrics, predict
+from scdr.training.panel import DEFAULT_PANEL_SIZE, GenePanel, choose_panel, load_gene_ids
+from scdr.training.train import Logger, TrainConfig, _metrics, predict
 
 THRESHOLD_RULE = (
     "calibrated P(sensitive) >= 0.5, fixed before training: probabilities are Platt-calibrated "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from training.train import TrainConfig
+from scdr.training.train import TrainConfig
 
 
 @dataclass(frozen=True)

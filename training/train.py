@@ -31,7 +31,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from torch import nn
 
-from training.module import ALIGNMENTS, ScdrModule, dann_scale, mmd
+from scdr.training.module import ALIGNMENTS, ScdrModule, dann_scale, mmd
 
 Logger = Callable[[str], None]
 
