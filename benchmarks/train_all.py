@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scdr.scoring.card import read_card
 from scdr.training.data import (
     DEFAULT_HOLDOUT_LINES,
     LabelRule,
@@ -193,7 +194,7 @@ def write_calibration(table_path: Path, figure_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cards = [(s.name, json.loads((MODELS / s.name / "card.json").read_text())) for s in DRUGS
+    cards = [(s.name, read_card(MODELS / s.name)) for s in DRUGS
              if (MODELS / s.name / "card.json").is_file()]  # fmt: skip
     lines = ["Calibrated P(sensitive) against the observed fraction of sensitive lines, on each "
              "member's held-out bulk fold (Platt scaling fitted on the same out-of-fold logits; "

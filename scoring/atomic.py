@@ -23,11 +23,16 @@ def publish(tmp: Path, target: Path) -> None:
 
 
 def publish_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path`` and publish it there atomically."""
+    """Write ``text`` (UTF-8) to a temp file beside ``path`` and publish it there atomically."""
+    publish_bytes(path, text.encode("utf-8"))
+
+
+def publish_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path`` and publish it there atomically."""
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         publish(Path(name), path)
     except BaseException:
         Path(name).unlink(missing_ok=True)

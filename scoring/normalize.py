@@ -6,11 +6,11 @@ same panel gene), z-score within the cell over the present panel genes, per-gene
 (at the cell's own detection rate when the card has depth statistics), clip.
 """
 
-from dataclasses import dataclass
 
 import numba
 import numpy as np
 
+from scdr.scoring.card import Normalization
 from scdr.scoring.errors import InputError
 
 STATUS_OK = 0
@@ -18,22 +18,6 @@ STATUS_ZERO_COUNTS = 1
 STATUS_BAD_VALUE = 2
 STATUS_BAD_INDEX = 3
 SCRATCH = 16  # accumulator slots for genes outside the panel
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """The card's normalisation recipe, as arrays ready for the kernel."""
-
-    target_sum: float | None
-    log1p: bool
-    accepts_normalized: bool
-    cell_zscore: bool
-    gene_mean: np.ndarray | None
-    gene_std: np.ndarray | None
-    clip: float | None
-    depth_rate: np.ndarray | None = None  # [K] ascending detection rates (step 5b)
-    depth_mean: np.ndarray | None = None  # [K, n_panel]
-    depth_std: np.ndarray | None = None  # [K, n_panel]
 
 
 def normalize_chunk(

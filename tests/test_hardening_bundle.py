@@ -16,7 +16,7 @@ import pytest
 from helpers import EXAMPLE
 from onnx import TensorProto, helper, numpy_helper
 
-import scdr.scoring.bundle as bundle_module
+import scdr.scoring.card as card_module
 from scdr.scoring import score
 from scdr.scoring.bundle import load_bundle, refuse_external_data
 from scdr.scoring.errors import EXIT_BAD_MODEL, BundleError
@@ -107,7 +107,7 @@ def _edit(card: dict, edit: str) -> None:
     elif edit == "file_outside":
         card["files"]["../elsewhere.onnx"] = {"sha256": "ab" * 32}
     elif edit == "unknown_version":
-        card["format_version"] = 2
+        card["format_version"] = 99
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -126,7 +126,7 @@ def _edit(card: dict, edit: str) -> None:
     ("symbol_not_text", "genes.symbols"),
     ("aliases_not_list", "aliases"),
     ("file_outside", "outside the bundle folder"),
-    ("unknown_version", "format_version 2"),
+    ("unknown_version", "format_version 99"),
 ])
 def test_tampered_or_inconsistent_card_is_refused(bundle, edit, words):
     card = _card(bundle)
@@ -148,7 +148,7 @@ def test_unreadable_card_is_refused(bundle, text, words):
 
 
 def test_oversized_card_is_refused_before_parsing(bundle, monkeypatch):
-    monkeypatch.setattr(bundle_module, "MAX_CARD_BYTES", 100)
+    monkeypatch.setattr(card_module, "MAX_CARD_BYTES", 100)
     _refused(bundle, "at most 100")
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from scdr.scoring.card import read_card
 from scdr.training.data import DataError
 from scdr.training.drugs import DRUGS
 from scdr.training.knowledge import (
@@ -67,7 +67,7 @@ def test_a_missing_set_or_drug_is_an_error_naming_it(tmp_path: Path):
 
 @pytest.mark.parametrize("spec", DRUGS, ids=lambda s: s.name)
 def test_shipped_card_lists_its_knowledge_nodes_first_in_the_pathway_layer(spec):
-    card = json.loads((ROOT / "exported_models" / spec.name / "card.json").read_text())
+    card = read_card(ROOT / "exported_models" / spec.name)
     knowledge = card["knowledge"]
     row = find_knowledge(spec.name)
     assert knowledge["targets"] == list(row.targets) and knowledge["mechanism"] == row.mechanism

@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from scdr.scoring.card import FORMAT_VERSION, read_card, write_card
 from scdr.training.cli import main
 from scdr.training.data import DEFAULT_HOLDOUT_LINES, load_single_cell
 from scdr.training.export import ExportError, build_head_graph, build_model_graph, check_parity
@@ -62,8 +63,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @needs_data
 def test_bundle_follows_the_contract(bundle: Path):
-    card = json.loads((bundle / "card.json").read_text())
-    assert card["format"] == "scdr-bundle" and card["format_version"] == 1
+    card = read_card(bundle)
+    assert card["format"] == "scdr-bundle" and card["format_version"] == FORMAT_VERSION == 2
+    raw = json.loads((bundle / "card.json").read_text())  # the page a person reads: no arrays
+    assert (bundle / "card.json").stat().st_size < 50_000 and "gene_mean" not in raw["normalization"]
     assert card["drug"] == "cisplatin" and "Cisplatin" in card["aliases"]
     genes = card["genes"]
     n_genes = len(genes["symbols"])
@@ -229,7 +232,7 @@ def test_bad_input_is_a_one_line_click_error(tmp_path: Path):
 
 def _normalised_plate(bundle: Path) -> tuple[dict, np.ndarray]:
     """The bundle's card and plate 1 normalised by training's numpy implementation of it."""
-    card = json.loads((bundle / "card.json").read_text())
+    card = read_card(bundle)
     spec = card["normalization"]
     norm = Normalization(
         target_sum=spec["target_sum"],
@@ -263,9 +266,9 @@ def test_add_depth_stats_reproduces_the_trained_block(bundle: Path, tmp_path: Pa
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
-    card = json.loads((copy / "card.json").read_text())
+    card = read_card(copy)
     trained = card["normalization"].pop("depth_stats")
-    (copy / "card.json").write_text(json.dumps(card))
+    write_card(copy, card)
     with pytest.raises(ValueError, match="was trained on"):
         add_depth_stats(copy, [DATA / "singlecell" / "sc_celseq2_5cl_p2.h5ad"])
     upgraded = add_depth_stats(copy, [PLATE])

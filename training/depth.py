@@ -9,7 +9,6 @@ interpolates them at each cell's own rate. Label-free: only the unlabelled targe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +63,11 @@ def thin(counts: sp.csr_matrix, keep: float, rng: np.random.Generator) -> sp.csr
 def add_depth_stats(bundle_dir: str | Path, targets: list[str | Path]) -> dict:
     """Give an existing bundle its depth statistics (no retraining; the ONNX files are untouched).
     ``targets`` are the files it was trained on; each must match the card's recorded sha256."""
+    from scdr.scoring.card import read_card, write_card
     from scdr.training.data import load_single_cell, sha256_file
-    from scdr.training.export import write_card
 
     root = Path(bundle_dir)
-    card = json.loads((root / "card.json").read_text())
+    card = read_card(root)
     recorded = {t["file"]: t["sha256"] for t in card["training"]["data"]["targets"]}
     paths = [Path(p) for p in targets]
     if sorted(p.name for p in paths) != sorted(recorded):
@@ -85,5 +84,4 @@ def add_depth_stats(bundle_dir: str | Path, targets: list[str | Path]) -> dict:
     if not (np.array_equal(mean[-1], spec["gene_mean"]) and np.array_equal(std[-1], spec["gene_std"])):
         raise ValueError(f"{root}: the targets do not reproduce the card's gene statistics")
     spec["depth_stats"] = base.with_depth_stats(rate, mean, std).to_card()["depth_stats"]
-    write_card(root, card)
-    return card
+    return write_card(root, card)

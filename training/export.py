@@ -10,9 +10,7 @@ must agree on the given real cells to 1e-5 (absolute, every output); otherwise `
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from scdr.scoring.atomic import publish_bytes
+from scdr.scoring.card import FD_FILE, FORMAT, FORMAT_VERSION, HEAD_FILE, MODEL_FILE, read_card, write_card
 from scdr.training.module import ScdrModule
 
-FORMAT = "scdr-bundle"
-FORMAT_VERSION = 1
 OPSET = 17
 IR_VERSION = 8
 PARITY_ATOL = 1e-5
@@ -45,23 +43,16 @@ def export_bundle(out_dir: str | Path, module: ScdrModule, card: dict, parity_x:
     card = dict(card)
     card["metrics"] = {**card.get("metrics", {}), "onnx_parity": parity}
     card["files"] = {
-        "model.onnx": {"sha256": hashlib.sha256(model_bytes).hexdigest()},
-        "head.onnx": {"sha256": hashlib.sha256(head_bytes).hexdigest()},
-        "head_fd.onnx": {"sha256": hashlib.sha256(fd_bytes).hexdigest(), "fd_step": FD_STEP},
+        MODEL_FILE: {"sha256": hashlib.sha256(model_bytes).hexdigest()},
+        HEAD_FILE: {"sha256": hashlib.sha256(head_bytes).hexdigest()},
+        FD_FILE: {"sha256": hashlib.sha256(fd_bytes).hexdigest(), "fd_step": FD_STEP},
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "model.onnx", model_bytes)
-    _write_atomic(out / "head.onnx", head_bytes)
-    _write_atomic(out / "head_fd.onnx", fd_bytes)
-    write_card(out, card)
-    return card
-
-
-def write_card(bundle_dir: Path, card: dict) -> None:
-    """card.json, atomically (written last: a bundle is complete once its card is there)."""
-    text = json.dumps(_jsonable(card), indent=1, allow_nan=False) + "\n"
-    _write_atomic(bundle_dir / "card.json", text.encode("utf-8"))
+    publish_bytes(out / MODEL_FILE, model_bytes)
+    publish_bytes(out / HEAD_FILE, head_bytes)
+    publish_bytes(out / FD_FILE, fd_bytes)
+    return write_card(out, card)
 
 
 def make_card(
@@ -79,7 +70,7 @@ def make_card(
     training: dict,
     metrics: dict,
 ) -> dict:
-    """The card's fields in contract order (format version 1); `files` is added on export."""
+    """The card's fields in contract order; `files` is added on export (`scoring.card` writes it)."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -249,14 +240,13 @@ def add_head_fd(bundle_dir: str | Path, h: float = FD_STEP) -> dict:
     """Write head_fd.onnx into an existing bundle from its head.onnx (no retraining): the head's
     Linear/ReLU layers are read back from the graph's initializers, and the card gains the entry."""
     root = Path(bundle_dir)
-    card = json.loads((root / "card.json").read_text())
-    head_model = onnx.load_from_string((root / "head.onnx").read_bytes())
+    card = read_card(root)
+    head_model = onnx.load_from_string((root / HEAD_FILE).read_bytes())
     head = _head_from_graph(head_model)
     fd_bytes = build_head_fd_graph(head, len(card["pathways"]["names"]), h).SerializeToString()
-    card["files"]["head_fd.onnx"] = {"sha256": hashlib.sha256(fd_bytes).hexdigest(), "fd_step": h}
-    _write_atomic(root / "head_fd.onnx", fd_bytes)
-    write_card(root, card)
-    return card
+    card["files"][FD_FILE] = {"sha256": hashlib.sha256(fd_bytes).hexdigest(), "fd_step": h}
+    publish_bytes(root / FD_FILE, fd_bytes)
+    return write_card(root, card)
 
 
 def _head_from_graph(model: onnx.ModelProto) -> nn.Sequential:
@@ -364,25 +354,3 @@ def _finish(graph: onnx.GraphProto, doc: str) -> onnx.ModelProto:
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"invalid ONNX graph: {exc}") from exc
     return model
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary sibling, then rename over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _jsonable(value: object) -> object:
-    """Numpy scalars/arrays to Python; NaN and infinities to None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

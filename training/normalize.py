@@ -18,54 +18,14 @@ own detection rate (step 5b), and calls do not drift with the protocol's depth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 
+from scdr.scoring.card import Normalization
+
 MIN_GENE_STD = 1e-8
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Parameters of the card's `normalization` block."""
-
-    target_sum: float | None = 10000.0
-    log1p: bool = True
-    cell_zscore: bool = True
-    gene_mean: np.ndarray | None = None  # float64 [n_panel]
-    gene_std: np.ndarray | None = None  # float64 [n_panel]
-    clip: float | None = 10.0
-    accepts_normalized: bool = True
-    depth_rate: np.ndarray | None = None  # float64 [K], ascending detection rates
-    depth_mean: np.ndarray | None = None  # float64 [K, n_panel]
-    depth_std: np.ndarray | None = None  # float64 [K, n_panel]
-
-    def with_gene_stats(self, mean: np.ndarray, std: np.ndarray) -> Normalization:
-        """A copy with step-5 statistics set."""
-        return replace(self, gene_mean=np.asarray(mean, float), gene_std=np.asarray(std, float))
-
-    def with_depth_stats(self, rate: np.ndarray, mean: np.ndarray, std: np.ndarray) -> Normalization:
-        """A copy with step-5b statistics (one row per detection rate) set."""
-        return replace(self, depth_rate=np.asarray(rate, float), depth_mean=np.asarray(mean, float),
-                       depth_std=np.asarray(std, float))
-
-    def to_card(self) -> dict:
-        """The card's `normalization` object (JSON-ready)."""
-        return {
-            "target_sum": self.target_sum,
-            "log1p": self.log1p,
-            "accepts_normalized": self.accepts_normalized,
-            "cell_zscore": self.cell_zscore,
-            "gene_mean": None if self.gene_mean is None else [float(x) for x in self.gene_mean],
-            "gene_std": None if self.gene_std is None else [float(x) for x in self.gene_std],
-            "clip": self.clip,
-            **({} if self.depth_rate is None else {"depth_stats": {
-                "detection_rate": [float(x) for x in self.depth_rate],
-                "gene_mean": [[float(x) for x in row] for row in self.depth_mean],
-                "gene_std": [[float(x) for x in row] for row in self.depth_std],
-            }}),
-        }
 
 
 @dataclass(frozen=True)
