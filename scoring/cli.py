@@ -4,7 +4,6 @@ Errors are one line on stderr with a stable exit code (see ``scoring.errors``); 
 traceback unless ``SCDR_DEBUG=1``.
 """
 
-import glob
 import json
 import os
 import sys
@@ -23,7 +22,9 @@ from scdr.scoring.engine import (
     DEFAULT_CHUNK_SIZE,
     INTERRUPTED,
     MAX_GENE_CELLS,
+    MIN_COVERAGE,
     ExplainSettings,
+    ReadOptions,
     resolve_bundle,
     score_file,
 )
@@ -32,12 +33,12 @@ from scdr.scoring.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_OUTPUT,
-    InputError,
     ScdrError,
 )
 from scdr.scoring.explain import BASELINES, DEFAULT_RULE, DEFAULT_STEPS, RULES
 from scdr.scoring.inference import DEVICES
-from scdr.scoring.output import STDOUT, check_output_path, default_output_path, table_format
+from scdr.scoring.output import check_output_path
+from scdr.scoring.planning import expand_inputs, plan_outputs
 from scdr.scoring.progress import progress_bar
 
 
@@ -60,7 +61,12 @@ from scdr.scoring.progress import progress_bar
 @click.option("--gene-column", default=None,
               help="var column with gene names (e.g. feature_name); default: the var index.")
 @click.option("--normalized", is_flag=True,
-              help="Input is already log1p(CP10k): skip scaling and log1p.")
+              help="Input is already log1p(CP10k): skip scaling and log1p. The claim is checked "
+                   "on a sample of cells (see docs/cli.md).")
+@click.option("--min-coverage", type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+              default=MIN_COVERAGE, show_default=True,
+              help="Fraction of the model's panel genes the file must name; below 80%% a "
+                   "warning is printed.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=DEFAULT_CHUNK_SIZE,
               show_default=True, help="Cells per chunk (memory is bounded by it).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
@@ -106,7 +112,8 @@ from scdr.scoring.progress import progress_bar
 @click.version_option(__version__, prog_name="scdr")
 def score_command(input_paths: tuple[str, ...], drugs: tuple[str, ...], models: tuple[Path, ...],
                   output: str | None, force: bool, pathways: bool, layer: str | None,
-                  gene_column: str | None, normalized: bool, chunk_size: int, device: str,
+                  gene_column: str | None, normalized: bool, min_coverage: float,
+                  chunk_size: int, device: str,
                   threads: int | None, summary: Path | None, explain: bool,
                   explain_out: str | None, steps: int, rule: str, baseline: str,
                   explain_genes: str | None, groupby: str | None, report: Path | None,
@@ -124,7 +131,7 @@ def score_command(input_paths: tuple[str, ...], drugs: tuple[str, ...], models: 
         bundles = [resolve_bundle(d, None) for d in drugs]
         bundles += [resolve_bundle(None, m) for m in models]
         drug_names = [b.drug for b in bundles]
-        inputs = _expand_inputs(input_paths)
+        inputs = expand_inputs(input_paths)
         distributed = scheduler is not None or workers is not None
         if distributed and (explain or report):
             raise ScdrError("--explain and --report run on one machine; drop --scheduler/--workers")
@@ -133,44 +140,28 @@ def score_command(input_paths: tuple[str, ...], drugs: tuple[str, ...], models: 
         if (explain_genes or explain_out or (groupby and report is None)) and not explain:
             raise ScdrError("--explain-out and --explain-genes need --explain; --groupby needs "
                             "--explain or --report")
-        if len(inputs) > 1:
-            for name, value in (("--output", output), ("--explain-out", explain_out),
-                                ("--report", report and str(report))):
-                if value is not None and "{stem}" not in value:
-                    raise ScdrError(f"several inputs: put {{stem}} in {name}")
+        options = ReadOptions(layer, gene_column, normalized, chunk_size, device, threads,
+                              min_coverage)
         settings = None
         if explain:
             cells = frozenset(c.strip() for c in (explain_genes or "").split(",") if c.strip())
             settings = ExplainSettings(steps=steps, rule=rule, baseline=baseline, gene_cells=cells)
-        plans = []
-        for path in inputs:
-            outs = _output_paths(drug_names, _stem(output, path),
-                                 lambda d, p=path: default_output_path(p, d))
-            ex_outs = None if not explain else _output_paths(
-                drug_names, _stem(explain_out, path),
-                lambda d, p=path, o=outs: o[drug_names.index(d)].with_name(
-                    f"{p.stem}.scdr.{d}.attributions.h5"))
-            rep = Path(_stem(str(report), path)) if report else None
-            _check_tables(outs, len(inputs), distributed)
-            for out in outs + (ex_outs or []) + ([rep] if rep else []):
-                if str(out) != STDOUT:
-                    check_output_path(out, force or resume)
-            plans.append((path, outs, ex_outs, rep))
+        plans = plan_outputs(inputs, drug_names, output=output, explain_out=explain_out,
+                             report=None if report is None else str(report), explain=explain,
+                             distributed=distributed, overwrite=force or resume)
         if summary is not None:
             check_output_path(summary, True)
         if distributed:
             result = score_distributed(
-                inputs, bundles, [p[1] for p in plans], scheduler=scheduler, workers=workers,
-                resume=resume, force=force, pathways=pathways, layer=layer,
-                gene_column=gene_column, normalized=normalized, chunk_size=chunk_size,
-                threads=threads, progress=progress_bar(not quiet), log=log)
+                inputs, bundles, [p.tables for p in plans], scheduler=scheduler, workers=workers,
+                resume=resume, force=force, pathways=pathways, options=options,
+                progress=progress_bar(not quiet), log=log)
             runs = result["runs"]
         else:
             runs = [score_file(
-                path, bundles, outs, pathways=pathways, layer=layer, gene_column=gene_column,
-                normalized=normalized, chunk_size=chunk_size, device=device, threads=threads,
-                explain=settings, explain_outputs=ex_outs, groupby=groupby, report=rep,
-                progress=progress_bar(not quiet), log=log) for path, outs, ex_outs, rep in plans]
+                p.input, bundles, p.tables, options, pathways=pathways, explain=settings,
+                explain_outputs=p.attributions, groupby=groupby, report=p.report,
+                progress=progress_bar(not quiet), log=log) for p in plans]
             result = runs[0] if len(runs) == 1 else {"runs": runs}
         for one in runs:
             for m in one["models"]:
@@ -202,49 +193,6 @@ def models_command(as_json: bool) -> None:
         click.echo(f"{r['drug']:<14} genes {r['genes']:>5}  pathways {r['pathways']:>4} "
                    f"({r['pathway_source']})  bulk CV AUROC {auroc}  aliases: "
                    f"{', '.join(r['aliases']) or '-'}")
-
-
-def _expand_inputs(patterns: tuple[str, ...]) -> list[Path]:
-    """Input paths in the order given; a pattern the shell left unexpanded is globbed (sorted)."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        if any(ch in pattern for ch in "*?[") and not Path(pattern).exists():
-            matches = sorted(glob.glob(pattern))
-            if not matches:
-                raise InputError(f"no input matches {pattern}")
-            paths += [Path(m) for m in matches]
-        else:
-            paths.append(Path(pattern))
-    if len(set(p.resolve() for p in paths)) != len(paths):
-        raise ScdrError("an input is named twice")
-    return paths
-
-
-def _check_tables(outs: list[Path], n_inputs: int, distributed: bool) -> None:
-    """Every table name has a known format; stdout and compressed tables where they can be written."""
-    for out in outs:
-        fmt = table_format(out)
-        if str(out) == STDOUT and (n_inputs > 1 or len(outs) > 1 or distributed):
-            raise ScdrError("-o - writes one table to standard output: give one input and one drug")
-        if distributed and (fmt.gzip or fmt.parquet):
-            raise ScdrError(f"--distributed writes .csv, .tsv or .txt tables, not {out.name}; "
-                            "compress the table afterwards")
-
-
-def _stem(template: str | None, path: Path) -> str | None:
-    return None if template is None else template.replace("{stem}", path.stem)
-
-
-def _output_paths(drug_names: list[str], output: str | None,
-                  default: Callable[[str], Path]) -> list[Path]:
-    if output is None:
-        return [default(d) for d in drug_names]
-    if len(drug_names) > 1 and "{drug}" not in output:
-        raise ScdrError("several models write several files: put {drug} in the output name")
-    paths = [Path(output.replace("{drug}", d)) for d in drug_names]
-    if len(set(paths)) != len(paths):
-        raise ScdrError("two models would write the same output file; name each drug once")
-    return paths
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

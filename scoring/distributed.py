@@ -16,16 +16,15 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from scdr.scoring import __version__
 from scdr.scoring.atomic import publish, write_json_atomic
 from scdr.scoring.bundle import Bundle, load_bundle
-from scdr.scoring.engine import ChunkResult, ModelRun, prepare_run, stream
+from scdr.scoring.engine import ChunkResult, ModelRun, ReadOptions, open_source, prepare_run, stream
 from scdr.scoring.errors import InputError, OutputError, ScdrError
-from scdr.scoring.h5ad import open_counts
 from scdr.scoring.output import TableWriter, table_delimiter, table_header
 
 MANIFEST = "manifest.json"
@@ -67,11 +66,7 @@ def score_distributed(
     resume: bool = False,
     force: bool = False,
     pathways: bool = False,
-    layer: str | None = None,
-    gene_column: str | None = None,
-    normalized: bool = False,
-    chunk_size: int = 8192,
-    threads: int | None = None,
+    options: ReadOptions,
     progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
@@ -82,10 +77,9 @@ def score_distributed(
     except ImportError:
         raise ScdrError("--scheduler/--workers need the dask extra: pip install 'scdr[dask]'") from None
     t0 = time.perf_counter()
-    options = {"chunk_size": chunk_size, "layer": layer, "gene_column": gene_column,
-               "normalized": normalized, "pathways": pathways, "threads": threads or 1,
-               "rows_per_task": chunk_size * CHUNKS_PER_TASK}
-    jobs = [_plan(path, bundles, outs, options, resume, force, log)
+    task = {**asdict(replace(options, device="cpu", threads=options.threads or 1)),
+            "pathways": pathways, "rows_per_task": options.chunk_size * CHUNKS_PER_TASK}
+    jobs = [_plan(path, bundles, outs, task, resume, force, log)
             for path, outs in zip(inputs, outputs)]
     run_id = uuid.uuid4().hex[:12]
     cluster = None
@@ -102,7 +96,7 @@ def score_distributed(
                 fut = client.submit(
                     score_range, str(job.input), rng[0], rng[1], [str(b.path) for b in bundles],
                     [str(job.part(o, rng)) for o in job.outputs],
-                    [table_delimiter(o) for o in job.outputs], options, run_id,
+                    [table_delimiter(o) for o in job.outputs], task, run_id,
                     key=f"scdr-{run_id}-{len(futures)}", pure=False)
                 futures[fut] = (job, rng)
         total = sum(j.n_obs for j in jobs)
@@ -118,7 +112,7 @@ def score_distributed(
                 progress(done_cells, total)
         attempts = sum(len(list(j.parts_dir(o).glob(f"attempt-{run_id}-*")))
                        for j in jobs for o in j.outputs[:1])
-        summaries = [_assemble(job, bundles, options) for job in jobs]
+        summaries = [_assemble(job, bundles, task) for job in jobs]
     finally:
         client.close()
         if cluster is not None:
@@ -128,25 +122,24 @@ def score_distributed(
         "distributed": {"scheduler": scheduler or f"local, {workers or 1} workers",
                         "tasks": len(futures), "ranges_reused": sum(j.reused for j in jobs),
                         "retries": max(0, attempts - len(futures)),
-                        "rows_per_task": options["rows_per_task"]},
+                        "rows_per_task": task["rows_per_task"]},
         "wall_time_s": round(time.perf_counter() - t0, 3),
         "scdr_version": __version__,
     }
 
 
 def score_range(input_path: str, start: int, stop: int, bundle_dirs: list[str],
-                part_paths: list[str], delimiters: list[str], options: dict[str, Any],
+                part_paths: list[str], delimiters: list[str], task: dict[str, Any],
                 run_id: str) -> list[dict[str, int]]:
     """Worker task: score rows ``start:stop`` with the local code path and checkpoint one part
     per model (rows, then a JSON record of label counts), each renamed into place."""
     first = Path(part_paths[0])
     (first.parent / f"attempt-{run_id}-{start}-{uuid.uuid4().hex[:8]}").touch()
     bundles = [load_bundle(d) for d in bundle_dirs]
-    with open_counts(input_path, layer=options["layer"], gene_column=options["gene_column"],
-                     normalized=options["normalized"]) as source:
-        runs = [prepare_run(b, source, "cpu", options["threads"], options["normalized"])
-                for b in bundles]
-        writers = {id(r): TableWriter(Path(p), r.bundle.pathway_names if options["pathways"]
+    options = _read_options(task)
+    with open_source(input_path, None, None, options) as source:
+        runs = [prepare_run(b, source, options) for b in bundles]
+        writers = {id(r): TableWriter(Path(p), r.bundle.pathway_names if task["pathways"]
                                       else None, header=False, delimiter=d)
                    for r, p, d in zip(runs, part_paths, delimiters)}
         try:
@@ -156,8 +149,7 @@ def score_range(input_path: str, start: int, stop: int, bundle_dirs: list[str],
             def sink(run: ModelRun, res: ChunkResult) -> None:
                 writers[id(run)].write(res)
 
-            stream(source, runs, options["chunk_size"], options["normalized"], sink,
-                   rows=(start, stop))
+            stream(source, runs, options, sink, rows=(start, stop))
             for w in writers.values():
                 w.commit()
         except BaseException:
@@ -171,19 +163,19 @@ def score_range(input_path: str, start: int, stop: int, bundle_dirs: list[str],
     return counts
 
 
-def _plan(path: Path, bundles: list[Bundle], outputs: list[Path], options: dict[str, Any],
+def _plan(path: Path, bundles: list[Bundle], outputs: list[Path], task: dict[str, Any],
           resume: bool, force: bool, log: Callable[[str], None]) -> Job:
     """Validate the input here (coverage, counts) and prepare or reuse its run folders."""
-    with open_counts(path, layer=options["layer"], gene_column=options["gene_column"],
-                     normalized=options["normalized"]) as source:
+    options = replace(_read_options(task), threads=1)
+    with open_source(path, None, None, options) as source:
         for b in bundles:
-            prepare_run(b, source, "cpu", 1, options["normalized"])
+            prepare_run(b, source, options)
         n_obs = source.n_obs
-    step = options["rows_per_task"]
+    step = task["rows_per_task"]
     stat = path.stat()
     manifest = {
         "scdr_version": __version__, "input": str(path.resolve()), "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns, "n_obs": n_obs, "options": options,
+        "mtime_ns": stat.st_mtime_ns, "n_obs": n_obs, "options": task,
         "models": [b.sha256 for b in bundles],
         "outputs": [str(o.resolve()) for o in outputs],
     }
@@ -223,7 +215,7 @@ def _check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
                          "remove it, or pass --force without --resume to start again")
 
 
-def _assemble(job: Job, bundles: list[Bundle], options: dict[str, Any]) -> dict[str, Any]:
+def _assemble(job: Job, bundles: list[Bundle], task: dict[str, Any]) -> dict[str, Any]:
     """Concatenate each output's parts under its header, publish it, drop the run folder."""
     models = []
     for k, (bundle, out) in enumerate(zip(bundles, job.outputs)):
@@ -231,7 +223,7 @@ def _assemble(job: Job, bundles: list[Bundle], options: dict[str, Any]) -> dict[
         try:
             with tmp.open("w", encoding="utf-8", newline="") as fh:
                 csv.writer(fh, delimiter=table_delimiter(out), lineterminator="\n").writerow(
-                    table_header(bundle.pathway_names if options["pathways"] else None, False))
+                    table_header(bundle.pathway_names if task["pathways"] else None, False))
                 for rng in job.ranges:
                     with job.part(out, rng).open("r", encoding="utf-8", newline="") as part:
                         shutil.copyfileobj(part, fh, 1 << 20)
@@ -247,3 +239,8 @@ def _assemble(job: Job, bundles: list[Bundle], options: dict[str, Any]) -> dict[
     for out in job.outputs:
         shutil.rmtree(job.parts_dir(out), ignore_errors=True)
     return {"input": str(job.input), "cells": job.n_obs, "models": models}
+
+
+def _read_options(task: dict[str, Any]) -> ReadOptions:
+    """The read options a task carries (the rest of the task describes its outputs)."""
+    return ReadOptions(**{f.name: task[f.name] for f in fields(ReadOptions)})

@@ -53,6 +53,25 @@ class ExplainSettings:
     gene_cells: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How cells are read and scored, the same for every entry point (API, CLI, Dask workers)."""
+
+    layer: str | None = None  # matrix to read: X, raw/X or a layer; None: the first holding counts
+    gene_column: str | None = None  # var column with gene names; None: the var index
+    normalized: bool = False  # the matrix holds log1p(CP10k) values, not counts
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # cells per chunk (at most)
+    device: str = "auto"  # ONNX Runtime provider: auto, cpu or cuda
+    threads: int | None = None  # threads for ONNX Runtime and the kernels; None: all cores
+    min_coverage: float = MIN_COVERAGE  # fraction of the panel the file must name
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_coverage <= 1.0:
+            raise ScdrError(f"min_coverage must be in (0, 1], got {self.min_coverage}")
+        if self.chunk_size < 1:
+            raise ScdrError(f"chunk size must be at least 1, got {self.chunk_size}")
+
+
 @dataclass
 class ScoreTable:
     """Per-cell predictions of one model, in input order."""
@@ -132,18 +151,21 @@ def score(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     device: str = "auto",
     threads: int | None = None,
+    min_coverage: float = MIN_COVERAGE,
     explain: ExplainSettings | None = None,
 ) -> ScoreTable:
     """Score every cell of an h5ad path, or of a cells x genes matrix with ``gene_names``.
 
     ``drug`` names a shipped model (name or alias, any case); ``model`` is any bundle folder.
-    With ``explain``, pathway attributions of every call are added (``attributions``, ``ig_gap``).
+    The other keywords are those of ``ReadOptions``. With ``explain``, pathway attributions of
+    every call are added (``attributions``, ``ig_gap``).
     """
+    options = ReadOptions(layer, gene_column, normalized, chunk_size, device, threads, min_coverage)
     bundle = resolve_bundle(drug, model)
-    with open_source(data, gene_names, cell_ids, layer, gene_column, normalized) as source:
-        run = prepare_run(bundle, source, device, threads, normalized, explain)
+    with open_source(data, gene_names, cell_ids, options) as source:
+        run = prepare_run(bundle, source, options, explain)
         parts: list[ChunkResult] = []
-        stream(source, [run], chunk_size, normalized, lambda _run, res: parts.append(res))
+        stream(source, [run], options, lambda _run, res: parts.append(res))
     n_paths = len(bundle.pathway_names)
 
     def cat(name: str, empty: np.ndarray) -> np.ndarray:
@@ -168,14 +190,9 @@ def score_file(
     path: Path,
     bundles: list[Bundle],
     outputs: list[Path],
+    options: ReadOptions = ReadOptions(),
     *,
     pathways: bool = False,
-    layer: str | None = None,
-    gene_column: str | None = None,
-    normalized: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    device: str = "auto",
-    threads: int | None = None,
     explain: ExplainSettings | None = None,
     explain_outputs: list[Path] | None = None,
     groupby: str | None = None,
@@ -192,14 +209,14 @@ def score_file(
     if report is not None:
         require_matplotlib()
     t0 = time.perf_counter()
-    with open_source(path, None, None, layer, gene_column, normalized) as source:
+    with open_source(path, None, None, options) as source:
         stat = path.stat()  # size and mtime identify the input in the audit record
-        runs = [prepare_run(b, source, device, threads, normalized, explain) for b in bundles]
+        runs = [prepare_run(b, source, options, explain) for b in bundles]
         for run in runs:
             m = run.match
             log(f"{run.bundle.drug}: {m.n_matched}/{m.n_panel} panel genes found "
                 f"({m.coverage:.1%}) in {source.location}")
-            for warning in match_warnings(m):
+            for warning in match_warnings(m, options.min_coverage):
                 log(f"{run.bundle.drug}: warning: {warning}")
         writers: dict[int, list[TableWriter | ExplainWriter]] = {}
         for i, (run, out) in enumerate(zip(runs, outputs)):
@@ -223,7 +240,7 @@ def score_file(
                 for w in writers[id(run)]:
                     w.write(res)
 
-            stream(source, runs, chunk_size, normalized, sink, progress,
+            stream(source, runs, options, sink, progress,
                    obs_columns=(groupby,) if groupby else ())
             _check_interrupted()
             for w in all_writers:
@@ -244,9 +261,10 @@ def score_file(
         "cells_per_s": round(n_obs / wall, 1) if wall > 0 else None,
         "scdr_version": __version__,
         "versions": runtime_versions(),
-        "chunk_size": chunk_size,
-        "threads": threads,
-        "normalized_input": normalized,
+        "chunk_size": options.chunk_size,
+        "threads": options.threads,
+        "normalized_input": options.normalized,
+        "min_coverage": options.min_coverage,
         "models": [
             {
                 "drug": r.bundle.drug,
@@ -258,7 +276,7 @@ def score_file(
                 "genes_found": r.match.n_matched,
                 "coverage": round(r.match.coverage, 4),
                 "panel_genes_summed": r.match.n_summed,
-                "warnings": match_warnings(r.match),
+                "warnings": match_warnings(r.match, options.min_coverage),
                 "threshold": r.bundle.threshold,
                 "labels": {SENSITIVE: r.n_sensitive, RESISTANT: r.n_cells - r.n_sensitive},
                 "zero_count_cells": r.n_zero,
@@ -273,10 +291,10 @@ def score_file(
     return summary
 
 
-def match_warnings(match: GeneMatch) -> list[str]:
+def match_warnings(match: GeneMatch, min_coverage: float = MIN_COVERAGE) -> list[str]:
     """What a user should know about the gene match although it passed the coverage floor."""
     out = []
-    if match.coverage < WARN_COVERAGE:
+    if match.coverage < WARN_COVERAGE and min_coverage < WARN_COVERAGE:
         out.append(f"only {match.coverage:.0%} of the model's panel genes are in the file (below "
                    f"{WARN_COVERAGE:.0%}, calls move measurably); check --gene-column")
     if match.n_summed:
@@ -307,36 +325,36 @@ def open_source(
     data: str | Path | np.ndarray | sp.spmatrix | sp.sparray,
     gene_names: Sequence[str] | None,
     cell_ids: Sequence[str] | None,
-    layer: str | None,
-    gene_column: str | None,
-    normalized: bool,
+    options: ReadOptions,
 ) -> CountSource:
     """A count source for a path (h5ad) or an in-memory matrix with its gene names."""
     if isinstance(data, str | Path):
-        return open_counts(data, layer=layer, gene_column=gene_column, normalized=normalized)
+        return open_counts(data, layer=options.layer, gene_column=options.gene_column,
+                           normalized=options.normalized)
     if gene_names is None:
         raise InputError("scoring a matrix needs gene_names (one per column)")
     return from_arrays(data, list(gene_names), None if cell_ids is None else list(cell_ids),
-                       normalized=normalized)
+                       normalized=options.normalized)
 
 
 def prepare_run(
-    bundle: Bundle, source: CountSource, device: str, threads: int | None, normalized: bool,
-    explain: ExplainSettings | None = None,
+    bundle: Bundle, source: CountSource, options: ReadOptions, explain: ExplainSettings | None = None,
 ) -> ModelRun:
     """Match genes (refusing low coverage), check the input kind, and create the sessions."""
+    device, threads = options.device, options.threads
     if source.n_obs == 0:
         raise InputError(f"{source.location} has no cells")
     if source.n_vars == 0:
         raise InputError(f"{source.location} has no genes")
-    if normalized and not bundle.normalization.accepts_normalized:
+    if options.normalized and not bundle.normalization.accepts_normalized:
         raise InputError(f"the {bundle.drug} model needs raw counts; it cannot take --normalized")
     match = match_genes(source.var_names, bundle.symbols, bundle.ensembl_ids)
-    if match.coverage < MIN_COVERAGE:
+    if match.coverage < options.min_coverage:
         raise InputError(
             f"only {match.n_matched} of the {bundle.drug} model's {match.n_panel} genes are in "
-            f"the file ({1 - match.coverage:.1%} missing, the floor is {MIN_COVERAGE:.0%}); "
-            "if gene names are in a var column, name it with --gene-column (e.g. feature_name)"
+            f"the file ({1 - match.coverage:.1%} missing; the floor is {options.min_coverage:.0%} "
+            "coverage, set by --min-coverage); if gene names are in a var column, name it with "
+            "--gene-column (e.g. feature_name)"
         )
     if threads:
         numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
@@ -364,19 +382,16 @@ def prepare_run(
 def stream(
     source: CountSource,
     runs: list[ModelRun],
-    chunk_size: int,
-    normalized: bool,
+    options: ReadOptions,
     sink: Callable[[ModelRun, ChunkResult], None],
     progress: Callable[[int, int], None] | None = None,
     obs_columns: Sequence[str] = (),
     rows: tuple[int, int | None] = (0, None),
 ) -> None:
     """Read each chunk of the rows ``rows`` once and hand every model's predictions to ``sink``."""
-    if chunk_size < 1:
-        raise ScdrError(f"chunk size must be at least 1, got {chunk_size}")
-    for chunk in source.chunks(chunk_size, rows[0], rows[1], obs_columns=obs_columns):
+    for chunk in source.chunks(options.chunk_size, rows[0], rows[1], obs_columns=obs_columns):
         for run in runs:
-            sink(run, _predict_chunk(run, chunk, normalized))
+            sink(run, _predict_chunk(run, chunk, options.normalized))
         _check_interrupted()
         if progress is not None:
             progress(chunk.stop, source.n_obs)

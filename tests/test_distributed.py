@@ -68,6 +68,7 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(tmp_path, cells, bund
 
     from scdr.scoring.bundle import load_bundle
     from scdr.scoring.distributed import score_distributed
+    from scdr.scoring.engine import ReadOptions
 
     out = tmp_path / "dist.csv"
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -78,7 +79,7 @@ def test_a_killed_worker_is_replaced_and_the_run_completes(tmp_path, cells, bund
         try:
             result["summary"] = score_distributed(
                 [cells], [load_bundle(bundle_dir)], [[out]], scheduler=cluster.scheduler_address,
-                chunk_size=16, pathways=True)
+                options=ReadOptions(chunk_size=16), pathways=True)
         except BaseException as e:  # surfaced below
             result["error"] = e
 

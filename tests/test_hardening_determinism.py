@@ -24,7 +24,7 @@ from scdr import scoring
 from scdr.scoring import score
 from scdr.scoring.bundle import load_bundle
 from scdr.scoring.cli import score_command
-from scdr.scoring.engine import ExplainSettings, score_file
+from scdr.scoring.engine import ExplainSettings, ReadOptions, score_file
 
 CLI = [sys.executable, "-m", "scdr.scoring.cli"]
 
@@ -82,8 +82,8 @@ def test_threads_and_chunk_sizes_do_not_change_a_byte(tmp_path, tiled, bundle_di
         folder = tmp_path / f"t{threads}_c{chunk_size}"
         folder.mkdir()
         table, attributions = folder / "pred.csv", folder / "attr.h5"
-        score_file(tiled, [bundle], [table], pathways=True, chunk_size=chunk_size,
-                   threads=threads, explain=ExplainSettings(steps=8),
+        score_file(tiled, [bundle], [table], ReadOptions(chunk_size=chunk_size, threads=threads),
+                   pathways=True, explain=ExplainSettings(steps=8),
                    explain_outputs=[attributions])
         seen[(threads, chunk_size)] = _files([table, attributions])
     reference = seen.pop((1, 10_000))
