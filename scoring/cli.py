@@ -98,9 +98,10 @@ from scdr.scoring.progress import progress_bar
 @click.option("--groupby", default=None,
               help="obs column (e.g. cell_line) for mean attributions per group.")
 @click.option("--report", type=click.Path(path_type=Path), default=None,
-              help="Write a self-contained HTML report (summary, probability distribution, "
-                   "fraction sensitive per --groupby group, top pathways with --explain, "
-                   "obsm/X_umap coloured by probability). Needs the plot extra.")
+              help="Write a self-contained HTML report: per drug the model's figures from its "
+                   "card (with a caveat where the target gene's expression ranks cells better), "
+                   "P(sensitive) violins per --groupby group, mean attributions per group with "
+                   "--explain, obsm/X_umap labelled by group. Needs the plot extra.")
 @click.option("--scheduler", default=None,
               help="Score on a running Dask cluster (e.g. tcp://host:8786); files must be on a "
                    "filesystem the workers share. Needs the dask extra.")

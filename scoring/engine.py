@@ -227,7 +227,7 @@ def score_file(
                     explain_outputs[i], source.n_obs, names, run.bundle.symbols,
                     _explain_attrs(run, explain), groupby))
         collectors = [ReportCollector(r.bundle.drug, r.bundle.pathway_names, source.n_obs,
-                                      groupby, r.bundle.threshold)
+                                      groupby, r.bundle.threshold, card=r.bundle.card)
                       for r in runs] if report is not None else []
         for run, col in zip(runs, collectors):
             writers[id(run)].append(col)
