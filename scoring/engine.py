@@ -6,6 +6,7 @@ runs (streams rows into output files and returns the run summary).
 
 import platform
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from scdr.scoring.genes import GeneMatch, match_genes
 from scdr.scoring.h5ad import Chunk, CountSource, from_arrays, open_counts
 from scdr.scoring.inference import Predictor, make_predictor, make_session
 from scdr.scoring.normalize import STATUS_ZERO_COUNTS, normalize_chunk
+from scdr.scoring.normalized_input import check_normalized
 from scdr.scoring.output import ExplainWriter, TableWriter
 from scdr.scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
 from scdr.scoring.signals import INTERRUPTED  # set by the CLI's handler; raised between chunks
@@ -113,6 +115,8 @@ class ModelRun:
     n_cells: int = 0
     n_sensitive: int = 0
     n_zero: int = 0
+    rescale: bool = False  # --normalized input of another target: score expm1(values) as counts
+    notes: list[str] = field(default_factory=list)  # warnings about the input, for log and summary
     buffer: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -164,6 +168,8 @@ def score(
     bundle = resolve_bundle(drug, model)
     with open_source(data, gene_names, cell_ids, options) as source:
         run = prepare_run(bundle, source, options, explain)
+        for note in match_warnings(run.match, options.min_coverage) + run.notes:
+            warnings.warn(f"{bundle.drug}: {note}", UserWarning, stacklevel=2)
         parts: list[ChunkResult] = []
         stream(source, [run], options, lambda _run, res: parts.append(res))
     n_paths = len(bundle.pathway_names)
@@ -216,7 +222,7 @@ def score_file(
             m = run.match
             log(f"{run.bundle.drug}: {m.n_matched}/{m.n_panel} panel genes found "
                 f"({m.coverage:.1%}) in {source.location}")
-            for warning in match_warnings(m, options.min_coverage):
+            for warning in match_warnings(m, options.min_coverage) + run.notes:
                 log(f"{run.bundle.drug}: warning: {warning}")
         writers: dict[int, list[TableWriter | ExplainWriter]] = {}
         for i, (run, out) in enumerate(zip(runs, outputs)):
@@ -276,7 +282,8 @@ def score_file(
                 "genes_found": r.match.n_matched,
                 "coverage": round(r.match.coverage, 4),
                 "panel_genes_summed": r.match.n_summed,
-                "warnings": match_warnings(r.match, options.min_coverage),
+                "warnings": match_warnings(r.match, options.min_coverage) + r.notes,
+                "normalized_input_rescaled": r.rescale,
                 "threshold": r.bundle.threshold,
                 "labels": {SENSITIVE: r.n_sensitive, RESISTANT: r.n_cells - r.n_sensitive},
                 "zero_count_cells": r.n_zero,
@@ -360,6 +367,10 @@ def prepare_run(
         numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
     predictor = make_predictor(bundle, device, threads)
     run = ModelRun(predictor, match)
+    if options.normalized and bundle.normalization.target_sum is not None:
+        claim = check_normalized(source, bundle.normalization.target_sum)
+        run.rescale = claim.rescale
+        run.notes += [claim.note] if claim.note else []
     if explain is not None:
         if len(explain.gene_cells) > MAX_GENE_CELLS:
             raise ScdrError(f"gene-level attributions are capped at {MAX_GENE_CELLS} cells "
@@ -406,9 +417,12 @@ def _check_interrupted() -> None:
 
 def _predict_chunk(run: ModelRun, chunk: Chunk, normalized: bool) -> ChunkResult:
     bundle = run.bundle
+    data = chunk.data
+    if run.rescale:  # log1p of another target: expm1 gives counts whose library size is it
+        data, normalized = np.expm1(data.astype(np.float64)).astype(np.float32), False
     try:
         x, status = normalize_chunk(
-            chunk.data, chunk.indices, chunk.indptr, run.match.gene_map, run.match.present,
+            data, chunk.indices, chunk.indptr, run.match.gene_map, run.match.present,
             bundle.normalization, normalized_input=normalized, out=run.buffer,
         )
     except InputError as e:
