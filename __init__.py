@@ -13,6 +13,7 @@ _LAZY = {  # public name -> module that defines it
     "score": "scdr.scoring.engine",
     "score_file": "scdr.scoring.engine",
     "ExplainSettings": "scdr.scoring.engine",
+    "ReadOptions": "scdr.scoring.engine",
     "ScoreTable": "scdr.scoring.engine",
     "Bundle": "scdr.scoring.bundle",
     "find_bundle": "scdr.scoring.bundle",

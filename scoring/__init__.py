@@ -10,6 +10,7 @@ _LAZY = {  # public name -> module; imported on first use, so that `scdr-score` 
     # signal handler (scoring.launch) before numpy, numba and onnxruntime load
     "annotate": "scdr.scoring.annotate",
     "ExplainSettings": "scdr.scoring.engine",
+    "ReadOptions": "scdr.scoring.engine",
     "score_file": "scdr.scoring.engine",
     "Bundle": "scdr.scoring.bundle",
     "list_models": "scdr.scoring.bundle",

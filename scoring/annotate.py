@@ -1,23 +1,36 @@
 """scverse integration: score an in-memory AnnData and write the calls into it.
 
 anndata is an optional import here (the object is duck-typed); X is never copied: the count
-matrix is read chunk by chunk as the file reader would.
+matrix is read chunk by chunk as the file reader would. Several drugs are scored before anything
+is written, so a failure (an unknown name, too few panel genes) leaves the object as it was.
 """
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from scdr.scoring.engine import DEFAULT_CHUNK_SIZE, ExplainSettings, score
-from scdr.scoring.errors import InputError
+from scdr.scoring.bundle import Bundle
+from scdr.scoring.engine import (
+    DEFAULT_CHUNK_SIZE,
+    MIN_COVERAGE,
+    ExplainSettings,
+    ScoreTable,
+    resolve_bundle,
+    score,
+)
+from scdr.scoring.errors import InputError, ScdrError
 from scdr.scoring.h5ad import looks_like_counts
+
+LABELS = ["resistant", "sensitive"]
 
 
 def annotate(
     adata: Any,
-    drug: str | None = None,
-    model: str | None = None,
+    drug: str | Sequence[str] | None = None,
+    model: str | Path | Sequence[str | Path] | None = None,
     *,
     layer: str | None = None,
     gene_column: str | None = None,
@@ -26,28 +39,100 @@ def annotate(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     device: str = "auto",
     threads: int | None = None,
-) -> str:
-    """Add ``obs["scdr_<drug>_prob"]``, ``obs["scdr_<drug>_label"]``,
-    ``obsm["scdr_<drug>_pathways"]`` (and ``obsm["scdr_<drug>_attributions"]`` with ``explain``)
-    and ``uns["scdr_<drug>"]`` to ``adata`` in place; returns the key prefix.
+    min_coverage: float = MIN_COVERAGE,
+) -> str | list[str]:
+    """Score ``adata`` with one or several models and write the calls into it, in place.
 
-    The counts come from ``layer`` (a layer name, ``"raw"`` or ``"X"``), else the first of
-    ``layers["counts"]``, ``raw.X``, ``X`` that holds counts, as for files.
+    ``drug`` names shipped models (a name or alias, or a list of them); ``model`` names bundle
+    folders instead (one, or a list). For each model, with ``key = "scdr_<drug>"``:
+    ``obs[key + "_prob"]`` (P(sensitive)), ``obs[key + "_label"]`` (categorical resistant /
+    sensitive), ``obsm[key + "_pathways"]``, with ``explain`` ``obsm[key + "_attributions"]``,
+    and ``uns[key]``: the provenance (drug, pathways, threshold value and rule, model_sha256 of
+    model.onnx, scdr_version, coverage, panel_genes, matrix, zero_count_cells, normalized_input,
+    and the explain settings), in types ``write_h5ad`` stores.
+
+    Returns the key for a single name, or the list of keys, in order, for a list. Every model is
+    resolved and scored before anything is written: a bad name or a failed scoring leaves
+    ``adata`` unchanged. The counts come from ``layer`` (a layer name, ``"raw"`` or ``"X"``), else
+    the first of ``layers["counts"]``, ``raw.X``, ``X`` that holds counts, as for files; they are
+    read once per model and never copied.
     """
+    bundles, several = _bundles(drug, model)
     matrix, genes, where = _counts_of(adata, layer, gene_column, normalized)
-    table = score(matrix, drug=drug, model=model, gene_names=genes,
-                  cell_ids=list(map(str, adata.obs_names)), normalized=normalized,
-                  chunk_size=chunk_size, device=device, threads=threads, explain=explain)
+    cell_ids = list(map(str, adata.obs_names))
+    tables = [score(matrix, model=b.path, gene_names=genes, cell_ids=cell_ids,
+                    normalized=normalized, chunk_size=chunk_size, device=device, threads=threads,
+                    min_coverage=min_coverage, explain=explain)
+              for b in bundles]
+    keys = [_write(adata, b, t, where, normalized, explain) for b, t in zip(bundles, tables)]
+    return keys if several else keys[0]
+
+
+def provenance(bundle: Bundle, table: ScoreTable, matrix: str, normalized: bool,
+               explain: ExplainSettings | None) -> dict[str, Any]:
+    """What ``uns["scdr_<drug>"]`` records of a run: enough to say which model, how it called and
+    on what, in plain str/int/float/list/dict values so that ``write_h5ad`` stores it."""
+    from scdr import __version__
+
     key = f"scdr_{table.drug}"
+    threshold = bundle.card["threshold"]
+    record: dict[str, Any] = {
+        "drug": str(table.drug),
+        "pathways": [str(n) for n in table.pathway_names],
+        "threshold": {
+            "value": float(threshold["value"]),
+            "meaning": f"obs['{key}_label'] is 'sensitive' where obs['{key}_prob'] >= "
+                       f"{float(threshold['value']):g}",
+            **({"rule": threshold["rule"]} if isinstance(threshold.get("rule"), str) else {}),
+        },
+        "model_sha256": str(bundle.sha256["model.onnx"]),
+        "scdr_version": str(__version__),
+        "coverage": float(table.coverage),
+        "panel_genes": len(bundle.symbols),
+        "matrix": str(matrix),
+        "zero_count_cells": int(np.count_nonzero(table.zero_counts)),
+        "normalized_input": bool(normalized),
+    }
+    if explain is not None:
+        record["explain"] = {"steps": int(explain.steps), "rule": str(explain.rule),
+                             "baseline": str(explain.baseline)}
+    return record
+
+
+def _bundles(drug: str | Sequence[str] | None,
+             model: str | Path | Sequence[str | Path] | None) -> tuple[list[Bundle], bool]:
+    """Every named model, loaded and verified before any scoring; and whether a list was given."""
+    if (drug is None) == (model is None):
+        raise ScdrError("name exactly one of drug (shipped models) or model (bundle folders)")
+    names = drug if drug is not None else model
+    several = not isinstance(names, str | Path)
+    items = list(names) if several else [names]
+    if not items:
+        raise ScdrError("name at least one drug or model")
+    bundles = [resolve_bundle(item, None) if drug is not None else resolve_bundle(None, item)
+               for item in items]
+    seen: dict[str, Any] = {}
+    for item, bundle in zip(items, bundles):
+        if bundle.drug in seen:
+            raise ScdrError(f"{seen[bundle.drug]!s} and {item!s} are the same model "
+                            f"({bundle.drug}); name each model once")
+        seen[bundle.drug] = item
+    return bundles, several
+
+
+def _write(adata: Any, bundle: Bundle, table: ScoreTable, where: str, normalized: bool,
+           explain: ExplainSettings | None) -> str:
     import pandas as pd
 
+    key = f"scdr_{table.drug}"
     adata.obs[f"{key}_prob"] = table.probability
-    adata.obs[f"{key}_label"] = pd.Categorical(table.label, categories=["resistant", "sensitive"])
+    adata.obs[f"{key}_label"] = pd.Categorical(table.label, categories=LABELS)
     adata.obsm[f"{key}_pathways"] = table.pathways
     if table.attributions is not None:
         adata.obsm[f"{key}_attributions"] = table.attributions
-    adata.uns[key] = {"pathways": list(table.pathway_names), "coverage": table.coverage,
-                      "matrix": where, "zero_count_cells": int(table.zero_counts.sum())}
+    elif f"{key}_attributions" in adata.obsm:  # from an earlier run: no longer these calls'
+        del adata.obsm[f"{key}_attributions"]
+    adata.uns[key] = provenance(bundle, table, where, normalized, explain)
     return key
 
 

@@ -33,6 +33,7 @@ from scdr.scoring.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_OUTPUT,
+    EXIT_PIPE_CLOSED,
     ScdrError,
 )
 from scdr.scoring.explain import BASELINES, DEFAULT_RULE, DEFAULT_STEPS, RULES
@@ -221,6 +222,11 @@ def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> Non
     except KeyboardInterrupt:
         result = {"status": "error", "error": "interrupted", "exit_code": EXIT_INTERRUPTED}
         code, message = EXIT_INTERRUPTED, "scdr-score: interrupted; no output written"
+    except BrokenPipeError:  # `-o - | head`: the reader has what it wanted; nothing to report
+        _silence_stdout()
+        result = {"status": "error", "error": "standard output closed by its reader",
+                  "exit_code": EXIT_PIPE_CLOSED}
+        code, message = EXIT_PIPE_CLOSED, ""
     except Exception as e:  # anything unforeseen is an internal error, reported in one line
         if os.environ.get("SCDR_DEBUG"):
             raise
@@ -242,6 +248,17 @@ def _run_guarded(run: Callable[[], dict[str, Any]], summary: Path | None) -> Non
     if not signals.ours(previous):  # in-process callers get their handlers back
         signals.restore(previous)
     sys.exit(code)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that no flush at exit meets the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

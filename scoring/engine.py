@@ -193,7 +193,7 @@ def score(
 
 
 def score_file(
-    path: Path,
+    path: str | Path,
     bundles: list[Bundle],
     outputs: list[Path],
     options: ReadOptions = ReadOptions(),
@@ -212,6 +212,7 @@ def score_file(
     mean attributions by predicted label and by the ``groupby`` obs column. With ``report``, an
     HTML report of the run is written there (needs matplotlib).
     """
+    path = Path(path)
     if report is not None:
         require_matplotlib()
     t0 = time.perf_counter()

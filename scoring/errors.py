@@ -10,6 +10,7 @@ EXIT_BAD_INPUT = 2
 EXIT_BAD_MODEL = 3
 EXIT_OUTPUT = 4
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141  # as a process ended by SIGPIPE: the reader of standard output left
 
 
 class ScdrError(Exception):

@@ -119,3 +119,18 @@ def test_partial_coverage_and_summed_features_are_reported(tmp_path, bundle_dir,
     assert model["panel_genes_summed"] == 1
     assert any("only 5" in w and "below 80%" in w for w in model["warnings"])
     assert "warning: only" in proc.stderr.decode()
+
+
+def test_a_reader_that_leaves_early_ends_the_run_quietly(tmp_path, bundle_dir):
+    """`scdr-score ... -o - | head -1`: exit 141 as for SIGPIPE, no error line, a summary that says so."""
+    import json
+
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen([*CLI, EXAMPLE, "--model", bundle_dir, "-o", "-", "--pathways", "-q",
+                             "--chunk-size", "8", "--summary", summary],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"cell_id,")
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 141
+    assert proc.stderr.read() == b""
+    assert json.loads(summary.read_text())["error"] == "standard output closed by its reader"

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from scdr.scoring import report
 from scdr.scoring.bundle import find_bundle
 from scdr.scoring.report import (
     NO_EVALUATION,
@@ -20,6 +19,7 @@ from scdr.scoring.report import (
     model_box,
     write_report,
 )
+from scdr.scoring.report import collect as report
 
 
 def card(model: float | None = 0.95, marker: float | None = 0.99, **extra) -> dict:
