@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from train_all import inputs_for
 
+from scdr.scoring.card import read_card, write_card
 from scdr.training.data import load_single_cell
 from scdr.training.drugs import DRUGS, DrugSpec
 from scdr.training.ensemble import StudentConfig, fit_calibrated
@@ -368,8 +369,9 @@ def _short(row: dict) -> str:
 # ---------------------------------------------------------------- shipped bundles
 
 
-def evaluate_shipped(data_dir: Path, out_dir: Path) -> int:
-    """Score the plates with every shipped bundle through scoring.score; print AUROC and line calls."""
+def evaluate_shipped(data_dir: Path, out_dir: Path, write_cards: bool = False) -> int:
+    """Score the plates with every shipped bundle through scoring.score; print AUROC and line calls.
+    With ``write_cards``, record the figures in each card's ``metrics.single_cell_evaluation``."""
     from scdr.scoring import load_bundle, score
 
     plates = [data_dir / "singlecell" / f"sc_celseq2_5cl_p{i}.h5ad" for i in (1, 2, 3)]
@@ -413,7 +415,47 @@ def evaluate_shipped(data_dir: Path, out_dir: Path) -> int:
     text = "\n".join(lines)
     (out_dir / "shipped_plates.md").write_text(text + "\n")
     print(text)
+    if write_cards:
+        baselines = pd.read_csv(out_dir / "evaluation.csv")
+        for row in rows:
+            record_in_card(MODELS / row["drug"], row, baselines[baselines["drug"] == row["drug"]])
+        print(f"recorded in {len(rows)} cards (metrics.single_cell_evaluation)")
     return 0
+
+
+def record_in_card(bundle: Path, row: dict, baselines: pd.DataFrame) -> None:
+    """Write a shipped bundle's plate figures, with the baselines of the protocol sweep beside them,
+    into its card (the graphs and arrays are untouched, so scoring does not change)."""
+    card = read_card(bundle)
+
+    def figures(auroc: float, aupr: float, spearman: float) -> dict:
+        return {k: (None if v is None or not np.isfinite(v) else round(float(v), 4))
+                for k, v in (("auroc", auroc), ("aupr", aupr), ("spearman", spearman))}
+
+    evaluation = {
+        "data": "CellBench sc_mixology CEL-seq2 plates 1-3 (GEO GSE118767), singlets of five lung "
+                "adenocarcinoma lines held out of training; cell labels: "
+                + (", ".join(EVAL_SENSITIVE[bundle.name]) + " sensitive" if bundle.name in EVAL_SENSITIVE
+                   else "none (line-level Spearman only)")
+                + "; spearman: line mean P(sensitive) against minus GDSC ln IC50",
+        "how": "this bundle scored with scdr.score (python benchmarks/evaluate.py --shipped); baselines "
+               "from the protocol sweep (benchmarks/results/evaluation.csv, mean over its seeds)",
+        **figures(row.get("pooled_auroc"), row.get("pooled_aupr"), row.get("spearman")),
+        "line_calls_agree": f"{row['calls_agree']}/{row['calls_n']} (constant: {row['constant_agree']})",
+        "baselines": {},
+    }
+    for method, key in (("marker", "marker"), ("logistic regression", "logistic_regression"),
+                        ("random forest", "random_forest")):
+        found = baselines[baselines["method"] == method]
+        if found.empty:
+            continue
+        b = found.iloc[0]
+        entry = figures(b["pooled_auroc_mean"], b["pooled_aupr_mean"], b["spearman_mean"])
+        if method == "marker":
+            entry["genes"] = read_markers().get(bundle.name, [])
+        evaluation["baselines"][key] = entry
+    card.setdefault("metrics", {})["single_cell_evaluation"] = evaluation
+    write_card(bundle, card)
 
 
 def _card_calls(card: dict) -> dict[str, bool]:
@@ -513,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     global _THREADS
     args = _parse(argv)
     if args.shipped:
-        return evaluate_shipped(Path(args.data), Path(args.out_dir))
+        return evaluate_shipped(Path(args.data), Path(args.out_dir), args.write_cards)
     _THREADS = 1 if args.jobs > 1 else args.threads
     os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
     started = time.perf_counter()
@@ -569,6 +611,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--skip-baselines", action="store_true", help="recipes only")
     p.add_argument("--shipped", action="store_true", help="score the plates with the shipped bundles")
+    p.add_argument("--write-cards", action="store_true",
+                   help="with --shipped: record the figures in each card's metrics")
     p.add_argument("--tag", default="", help="suffix of the output files (a partial or extra run)")
     p.add_argument("--quick", action="store_true", help="CI mode: " + str(QUICK))
     args = p.parse_args(argv)

@@ -141,3 +141,14 @@ def test_npz_bytes_do_not_depend_on_time_or_order():
     assert a == b
     with zipfile.ZipFile(io.BytesIO(a)) as zf:
         assert [i.date_time for i in zf.infolist()] == [(1980, 1, 1, 0, 0, 0)] * 2
+
+
+@pytest.mark.parametrize("root", SHIPPED, ids=lambda p: p.name)
+def test_shipped_cards_carry_their_single_cell_evaluation(root):
+    """The report's model box reads these: the plate figures, and the target marker beside them."""
+    evaluation = read_card(root)["metrics"]["single_cell_evaluation"]
+    assert "GSE118767" in evaluation["data"] and -1 <= evaluation["spearman"] <= 1
+    if evaluation["auroc"] is not None:  # the five drugs with labelled cells
+        assert 0 <= evaluation["auroc"] <= 1
+        assert set(evaluation["baselines"]) == {"marker", "logistic_regression", "random_forest"}
+        assert evaluation["baselines"]["marker"]["genes"]
