@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -215,34 +214,25 @@ def make_labels(
 
 
 def load_single_cell(path: str | Path, counts_layer: str | None = None) -> SingleCellCounts:
-    """Raw counts of an h5ad file: `layers/counts`, then `raw/X`, then `X`, first integer one.
+    """Raw counts of a cells file, read by the scoring reader: the matrix `scdr-score` would
+    score (`layers/counts`, then `raw/X`, then `X`, the first holding integer counts; every
+    format and guard of the reader), as one float64 CSR."""
+    from scdr.scoring.errors import ScdrError
+    from scdr.scoring.h5ad import open_counts
 
-    Files written to the AnnData on-disk spec (`encoding-type` attributes) are read with h5py;
-    legacy files without those attributes go through anndata.
-    """
     path = Path(path)
     try:
-        with h5py.File(path, "r") as handle:
-            if "encoding-type" not in handle.attrs:
-                return _load_legacy(path, counts_layer)
-            cell_ids = _h5_index(handle["obs"])
-            candidates = []
-            if "layers" in handle and "counts" in handle["layers"]:
-                candidates.append(("layers/counts", handle["layers/counts"], "var"))
-            if "raw" in handle and isinstance(handle["raw"], h5py.Group) and "X" in handle["raw"]:
-                candidates.append(("raw/X", handle["raw/X"], "raw/var"))
-            if "X" in handle:
-                candidates.append(("X", handle["X"], "var"))
-            for source, node, var in _wanted(candidates, counts_layer, path):
-                counts = _h5_matrix(node)
-                if _is_counts(counts):
-                    features = _h5_index(handle[var])
-                    return SingleCellCounts(path, counts, features, cell_ids, source)
-    except DataError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise DataError(f"cannot read {path} as h5ad: {exc}") from exc
-    raise DataError(f"{path} has no matrix of non-negative integer counts (looked at X, raw, layers)")
+        with open_counts(path, layer=counts_layer) as source:
+            parts, cell_ids = [], []
+            for chunk in source.chunks(8192, prefetch=False):
+                parts.append(sp.csr_matrix((chunk.data.astype(np.float64), chunk.indices, chunk.indptr),
+                                           shape=(chunk.stop - chunk.start, source.n_vars)))
+                cell_ids += chunk.obs_names
+            counts = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, source.n_vars))
+            counts.sum_duplicates()
+            return SingleCellCounts(path, counts, list(source.var_names), cell_ids, source.location)
+    except ScdrError as exc:
+        raise DataError(str(exc)) from None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -272,68 +262,3 @@ def _read_ic50(path: Path) -> pd.DataFrame:
 def _drug_key(name: object) -> str:
     """Case- and punctuation-free drug-name key."""
     return normalize_line_name(str(name))
-
-
-def _load_legacy(path: Path, counts_layer: str | None) -> SingleCellCounts:
-    """Counts of a pre-spec h5ad (no encoding attributes), read with anndata."""
-    import anndata
-
-    adata = anndata.read_h5ad(path)
-    candidates = []
-    if "counts" in adata.layers:
-        candidates.append(("layers/counts", adata.layers["counts"], list(adata.var_names)))
-    if adata.raw is not None:
-        candidates.append(("raw/X", adata.raw.X, list(adata.raw.var_names)))
-    candidates.append(("X", adata.X, list(adata.var_names)))
-    for source, matrix, features in _wanted(candidates, counts_layer, path):
-        counts = sp.csr_matrix(matrix, dtype=np.float64)
-        if _is_counts(counts):
-            cell_ids = [str(x) for x in adata.obs_names]
-            return SingleCellCounts(path, counts, [str(f) for f in features], cell_ids, source)
-    raise DataError(f"{path} has no matrix of non-negative integer counts (looked at X, raw, layers)")
-
-
-def _wanted(candidates: list[tuple], counts_layer: str | None, path: Path) -> list[tuple]:
-    """The candidate matrices, or only the one the user named."""
-    if counts_layer is None:
-        return candidates
-    chosen = [c for c in candidates if c[0] == counts_layer]
-    if not chosen:
-        raise DataError(f"{path} has no {counts_layer!r} matrix")
-    return chosen
-
-
-def _h5_matrix(node: h5py.Group | h5py.Dataset) -> sp.csr_matrix:
-    """A csr_matrix, csc_matrix or dense h5ad matrix as float64 CSR."""
-    if isinstance(node, h5py.Dataset):
-        return sp.csr_matrix(node[()].astype(np.float64))
-    kind = node.attrs.get("encoding-type")
-    shape = tuple(int(n) for n in node.attrs["shape"])
-    parts = (node["data"][()].astype(np.float64), node["indices"][()], node["indptr"][()])
-    if kind == "csr_matrix":
-        matrix = sp.csr_matrix(parts, shape=shape)
-    elif kind == "csc_matrix":
-        matrix = sp.csc_matrix(parts, shape=shape).tocsr()
-    else:
-        raise DataError(f"unsupported h5ad matrix encoding {kind!r}")
-    matrix.sum_duplicates()
-    return matrix
-
-
-def _h5_index(group: h5py.Group) -> list[str]:
-    """The index (obs or var names) of an h5ad dataframe group."""
-    name = group.attrs.get("_index", "_index")
-    values = group[name]
-    if isinstance(values, h5py.Group):  # categorical index
-        codes = values["codes"][()]
-        categories = values["categories"].asstr()[()]
-        return [str(categories[c]) for c in codes]
-    if values.dtype.kind in ("O", "S", "U"):
-        return [str(x) for x in values.asstr()[()]]
-    return [str(x) for x in values[()]]
-
-
-def _is_counts(counts: sp.csr_matrix) -> bool:
-    """True when every stored value is a non-negative integer."""
-    data = counts.data
-    return bool(np.all(data >= 0) and np.all(data == np.round(data)))

@@ -24,19 +24,18 @@ alias, else a unique GENCODE v22 symbol; `None` when none of these resolves.
 from __future__ import annotations
 
 import gzip
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from scdr.scoring.genes import normalize_gene_key
 from scdr.training.data import BulkExpression, DataError
 from scdr.training.genesets import MAX_SET_SIZE, MIN_SET_SIZE, PathwayMask, build_mask, filter_sets
 from scdr.training.knowledge import KNOWLEDGE_MIN_SIZE, KNOWLEDGE_PREFIX, TARGET_PREFIX
 
 DEFAULT_PANEL_SIZE = 2000
-_ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def choose_panel(
         raise DataError("at least one target single-cell file is needed to choose the panel")
     ensembl = [gene_ids.resolve(g) for g in bulk.genes]
     ens_counts = pd.Series([e for e in ensembl if e]).value_counts()
-    target_keys = [{gene_key(f) for f in features} for features in target_features]
+    target_keys = [{normalize_gene_key(f) for f in features} for features in target_features]
     report: dict[str, int] = {"bulk_genes": len(bulk.genes)}
     candidates = []
     n_signal = n_resolved = 0
@@ -101,7 +100,7 @@ def choose_panel(
         if not ens or ens_counts[ens] > 1:
             continue
         n_resolved += 1
-        keys = {gene_key(symbol), gene_key(ens)}
+        keys = {normalize_gene_key(symbol), normalize_gene_key(ens)}
         if all(keys & tk for tk in target_keys):
             candidates.append(j)
     report.update(signal=n_signal, unique_ensembl=n_resolved, in_all_targets=len(candidates))
@@ -189,13 +188,6 @@ def load_gene_ids(paths: list[str | Path]) -> GeneIds:
     if not approved and not gencode:
         raise DataError("no gene identifier table was given (--gene-ids)")
     return GeneIds(approved, previous, alias, gencode, [p.name for p in map(Path, paths)])
-
-
-def gene_key(name: str) -> str:
-    """Comparison key of a gene name: upper case, Ensembl version and PAR suffix removed."""
-    key = str(name).strip().upper()
-    match = _ENSEMBL.match(key)
-    return match.group(1) if match else key
 
 
 def _read_table(path: Path) -> pd.DataFrame:
