@@ -8,7 +8,9 @@ Two kinds of input, alternated:
   what it holds, a flawed one raises ``InputError`` (exit 2) in one line, within a memory bound.
 * **bytes**: a generated file with random byte-level damage (bit flips, random spans, boundary
   integers, truncation, duplicated spans): scoring must end in a result of the right shape or in
-  an ``InputError``; nothing else.
+  an ``InputError``; nothing else. The file is the generated h5ad or, one time in three
+  (``bytes-10x``), the same counts as a 10x Genomics ``.h5`` (``tests/test_reader_tenx.py``),
+  half of them with antibody features for the reader to drop.
 
 Every input runs in a worker process that is replaced when it dies (a crash: a segfault in
 HDF5, Numba or ONNX Runtime), hangs past ``--timeout``, or exceeds its address-space limit.
@@ -32,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MUTATIONS = ("bitflip", "span", "integer", "truncate", "duplicate")
 BOUNDARY = (0, 1, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 2**63 - 1, 2**64 - 1)
 ROUND = 200  # hypothesis examples per round (a round is one seed)
+TENX_SHARE = 1 / 3  # share of byte-damaged files that are 10x Genomics .h5 rather than h5ad
 
 
 def main() -> None:
@@ -105,9 +108,14 @@ class Fuzzer:
                     self._submit("structure", case, None)
                     return
                 case.flaw = None  # damage a well-formed file
-                write_case(folder / "seed.h5ad", case)
-                blob = _mutate((folder / "seed.h5ad").read_bytes(), self.rng)
-                self._submit("bytes", case, blob)
+                if self.rng.random() < TENX_SHARE:
+                    mode, seed_file = "bytes-10x", folder / "seed.h5"
+                    _write_tenx_case(seed_file, case, self.rng)
+                else:
+                    mode, seed_file = "bytes", folder / "seed.h5ad"
+                    write_case(seed_file, case)
+                blob = _mutate(seed_file.read_bytes(), self.rng)
+                self._submit(mode, case, blob)
 
             one()
             round_no += 1
@@ -282,6 +290,24 @@ def _address_space() -> int:
             if line.startswith("VmSize:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _write_tenx_case(path: Path, case: Any, rng: random.Random) -> None:
+    """The counts and names of ``case`` as a 10x Genomics .h5, with antibody features half the
+    time."""
+    import numpy as np
+    import scipy.sparse as sp
+    from test_reader_tenx import write_tenx
+
+    counts, ids = case.counts, list(case.var)
+    types = ["Gene Expression"] * len(ids)
+    if rng.random() < 0.5:
+        extra = np.random.default_rng(rng.randrange(2**32)).integers(0, 9, (counts.shape[0], 2))
+        counts = np.hstack([counts, extra])
+        ids += [b"CD3", b"CD19"]
+        types += ["Antibody Capture"] * 2
+    write_tenx(path, sp.csr_matrix(counts), ids, types=types, barcodes=case.obs,
+               chunked=case.chunked)
 
 
 def _mutate(blob: bytes, rng: random.Random) -> bytes:

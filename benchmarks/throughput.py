@@ -320,9 +320,9 @@ def _scorer(path: Path, bundle: Path):
     the Numba kernel compiled and warmed outside any timing."""
     from scdr.scoring.bundle import load_bundle
     from scdr.scoring.genes import match_genes
-    from scdr.scoring.h5ad import open_counts
     from scdr.scoring.inference import make_predictor
     from scdr.scoring.normalize import normalize_chunk
+    from scdr.scoring.reader import open_counts
 
     b = load_bundle(bundle)
     with open_counts(path) as src:

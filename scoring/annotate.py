@@ -22,7 +22,7 @@ from scdr.scoring.engine import (
     score,
 )
 from scdr.scoring.errors import InputError, ScdrError
-from scdr.scoring.h5ad import looks_like_counts
+from scdr.scoring.reader import looks_like_counts
 
 LABELS = ["resistant", "sensitive"]
 

@@ -29,11 +29,11 @@ from scdr.scoring.explain import (
     baseline_vector,
 )
 from scdr.scoring.genes import GeneMatch, match_genes
-from scdr.scoring.h5ad import Chunk, CountSource, from_arrays, open_counts
 from scdr.scoring.inference import Predictor, make_predictor, make_session
 from scdr.scoring.normalize import STATUS_ZERO_COUNTS, normalize_chunk
 from scdr.scoring.normalized_input import check_normalized
 from scdr.scoring.output import ExplainWriter, TableWriter
+from scdr.scoring.reader import Chunk, CountSource, from_arrays, open_counts
 from scdr.scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
 from scdr.scoring.signals import INTERRUPTED  # set by the CLI's handler; raised between chunks
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scdr.scoring.errors import InputError
-from scdr.scoring.h5ad import CountSource
+from scdr.scoring.reader import CountSource
 
 SAMPLE_WINDOWS = 4  # windows of rows spread over the file
 WINDOW_ROWS = 64

@@ -51,7 +51,7 @@ def test_graph_and_black_box_differences_give_the_same_attributions(cisplatin, r
 
 def test_engine_explains_every_plate_cell_through_head_fd(cisplatin):
     from scdr.scoring.engine import ReadOptions, prepare_run
-    from scdr.scoring.h5ad import open_counts
+    from scdr.scoring.reader import open_counts
 
     with open_counts(EXAMPLE) as src:
         run = prepare_run(cisplatin, src, ReadOptions(device="cpu"), ExplainSettings())

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from scdr.scoring import score
 from scdr.scoring.cli import score_command
 from scdr.scoring.errors import EXIT_BAD_INPUT, InputError, ScdrError
-from scdr.scoring.h5ad import MAX_FEATURES, open_counts
+from scdr.scoring.reader import MAX_FEATURES, open_counts
 
 PANEL = [f"GENE{i}" for i in range(6)]
 MEMORY_BOUND = 48 << 20  # bytes traced while one tiny hostile file is scored
@@ -580,7 +580,7 @@ def test_the_well_formed_baseline_case_scores(tmp_path, panel_bundle):
 
 
 def test_big_chunks_are_handed_on_in_bounded_blocks(tmp_path, monkeypatch, panel_bundle):
-    import scdr.scoring.h5ad as h5ad
+    import scdr.scoring.reader.limits as h5ad
 
     monkeypatch.setattr(h5ad, "BLOCK_ENTRIES", 5)
     monkeypatch.setattr(h5ad, "_DENSE_BLOCK_VALUES", 6)  # dense slabs of one row

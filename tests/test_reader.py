@@ -7,7 +7,7 @@ import scipy.sparse as sp
 from helpers import EXAMPLE, SHARED_DATA, write_h5ad
 
 from scdr.scoring.errors import InputError
-from scdr.scoring.h5ad import open_counts
+from scdr.scoring.reader import open_counts
 
 
 def _read_all(path, chunk_size=64, **kw):

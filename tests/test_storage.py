@@ -9,7 +9,7 @@ import pytest
 from helpers import write_h5ad
 
 from scdr.scoring.errors import InputError
-from scdr.scoring.h5ad import open_counts
+from scdr.scoring.reader import open_counts
 from scdr.scoring.storage import range_reader
 
 LAYOUTS = {

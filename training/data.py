@@ -218,7 +218,7 @@ def load_single_cell(path: str | Path, counts_layer: str | None = None) -> Singl
     score (`layers/counts`, then `raw/X`, then `X`, the first holding integer counts; every
     format and guard of the reader), as one float64 CSR."""
     from scdr.scoring.errors import ScdrError
-    from scdr.scoring.h5ad import open_counts
+    from scdr.scoring.reader import open_counts
 
     path = Path(path)
     try:
