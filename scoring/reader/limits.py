@@ -6,7 +6,7 @@ test can lower them with ``monkeypatch.setattr(limits, ...)``.
 
 COUNT_LOCATIONS = ("layers/counts", "raw/X", "X")
 MAX_FEATURES = 1 << 22  # features (genes, peaks) a file may name: var names are read whole
-BLOCK_ENTRIES = 1 << 25  # stored entries handed on at once, whatever the chunk size
+BLOCK_ENTRIES = 1 << 22  # stored values handed on at once, whatever the chunk size (memory bound)
 MAX_NAME_BYTES = 1 << 16  # fixed-size bytes per stored name (or legacy compound record)
 MAX_NAMES_TOTAL = 1 << 30  # bytes of a name table that is read whole (var names, categories)
 MAX_VALUE = 1e30  # no count comes near; larger values would overflow float32 sums downstream
