@@ -3,20 +3,21 @@
 Two kinds of input, alternated:
 
 * **structures**: hypothesis generates AnnData files with h5py exactly as the property tests do
-  (``tests/test_hardening_h5ad.py``: encodings, dtypes, name storage, valid oddities, one flaw at
-  most), with the same oracle: a well-formed file scores exactly as a dense numpy reference of
-  what it holds, a flawed one raises ``InputError`` (exit 2) in one line, within a memory bound.
+  (``tests/scoring/reader/test_hardening_h5ad.py``: encodings, dtypes, name storage, valid
+  oddities, one flaw at most), with the same oracle: a well-formed file scores exactly as a
+  dense numpy reference of what it holds, a flawed one raises ``InputError`` (exit 2) in one
+  line, within a memory bound.
 * **bytes**: a generated file with random byte-level damage (bit flips, random spans, boundary
   integers, truncation, duplicated spans): scoring must end in a result of the right shape or in
   an ``InputError``; nothing else. The file is the generated h5ad or, one time in three
-  (``bytes-10x``), the same counts as a 10x Genomics ``.h5`` (``tests/test_reader_tenx.py``),
+  (``bytes-10x``), the same counts as a 10x Genomics ``.h5`` (``tests/scoring/reader/test_reader_tenx.py``),
   half of them with antibody features for the reader to drop.
 
 Every input runs in a worker process that is replaced when it dies (a crash: a segfault in
 HDF5, Numba or ONNX Runtime), hangs past ``--timeout``, or exceeds its address-space limit.
 Findings are saved with the file that caused them. Usage::
 
-    PYTHONPATH=tests python benchmarks/fuzz_reader.py --minutes 10 [--seed 0] [--out DIR]
+    PYTHONPATH=tests:tests/scoring/reader python benchmarks/fuzz_reader.py --minutes 10 [--seed 0] [--out DIR]
 """
 
 import argparse

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import ROOT
 
 from scdr.scoring.card import read_card
 from scdr.training.data import DataError
@@ -19,7 +20,6 @@ from scdr.training.knowledge import (
     target_node_name,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent (CI has it)")
 GMT_FILES = ("ReactomePathways.gmt.gz", "enrichr.GO_Biological_Process_2021.gmt.gz", "h.all.v7.0.symbols.gmt")

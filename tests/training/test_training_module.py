@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
 from scdr.training.module import MaskedLinear, ScdrModule, dann_scale, grad_reverse, mmd
 from scdr.training.train import (
@@ -19,7 +19,7 @@ from scdr.training.train import (
     split_validation,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = ROOT.parent / "shared" / "data"
 
 
 def _synthetic(seed: int = 0, genes: int = 120, pathways: int = 12):

@@ -9,6 +9,7 @@ import evaluate
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import ROOT
 from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -22,8 +23,6 @@ from scdr.training.data import (
 )
 from scdr.training.drugs import DRUGS, TARGETED_Z_MAX, find_drug
 from scdr.training.recipes import SHIPPED
-
-ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent")

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import ROOT
 
 from scdr.scoring.card import FORMAT_VERSION, read_card, write_card
 from scdr.training.cli import main
@@ -24,8 +25,7 @@ from scdr.training.export import ExportError, build_head_graph, build_model_grap
 from scdr.training.module import ScdrModule
 from scdr.training.normalize import Normalization, normalize_cells
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent (CI has it)")
 PLATE = DATA / "singlecell" / "sc_celseq2_5cl_p1.h5ad"
 
@@ -150,7 +150,7 @@ def test_scoring_cli_uses_the_bundle_without_torch(bundle: Path, tmp_path: Path)
     output = tmp_path / "scores.csv"
     code = (
         "import sys, runpy\n"
-        "for name in ('torch', 'anndata', 'training', 'sklearn', 'captum'):\n"
+        "for name in ('torch', 'anndata', 'scdr.training', 'sklearn', 'captum'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
         f"sys.argv = ['scdr-score', {str(PLATE)!r}, '--model', {str(bundle)!r},\n"
         f"            '--output', {str(output)!r}, '--pathways', '--chunk-size', '64', '--quiet']\n"

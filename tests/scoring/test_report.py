@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import EXAMPLE
+from helpers import EXAMPLE, ROOT
 
-ARTEFACTS = Path(__file__).resolve().parent / "artefacts"
+ARTEFACTS = ROOT / "tests" / "artefacts"
 LINES = ("A549", "H1975", "H2228", "H838", "HCC827")
 PATHWAYS = ["HALLMARK_E2F_TARGETS", "REACTOME_SIGNALING_BY_EGFR", "GOBP_DNA_REPAIR",
             "KNOWLEDGE: Signaling by ERBB2", "TARGET: EGFR", "HALLMARK_TNFA_SIGNALING_VIA_NFKB",

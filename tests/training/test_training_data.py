@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from helpers import ROOT
 
 from scdr.training.data import (
     DEFAULT_HOLDOUT_LINES,
@@ -30,7 +30,7 @@ from scdr.training.normalize import (
 )
 from scdr.training.panel import choose_panel, load_gene_ids
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = ROOT.parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} is absent (CI has it)")
 IC50 = [DATA / "bulk" / "GDSC1_IC50.csv.gz", DATA / "bulk" / "GDSC2_IC50.csv.gz"]
 PLATES = [DATA / "singlecell" / f"sc_celseq2_5cl_p{i}.h5ad" for i in (1, 2, 3)]
