@@ -8,6 +8,7 @@ from scdr.scoring.card import (
     ARRAYS_FILE,
     FD_FILE,
     REQUIRED_FILES,
+    Card,
     Normalization,
     normalization_of,
     read_card,
@@ -22,7 +23,7 @@ class Bundle:
     """A verified bundle: its card, normalisation recipe and the exact bytes of its graphs."""
 
     path: Path
-    card: dict[str, Any]
+    card: Card
     normalization: Normalization
     model_bytes: bytes
     head_bytes: bytes
@@ -118,7 +119,7 @@ def bundled_models_dir() -> Path:
     return Path(exported_models.__file__).resolve().parent
 
 
-def list_bundles(root: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
+def list_bundles(root: Path | None = None) -> list[tuple[Path, Card]]:
     """Every bundle folder under ``root`` (default: the shipped ones) with its card, by name."""
     root = bundled_models_dir() if root is None else root
     found = []

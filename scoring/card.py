@@ -18,7 +18,7 @@ import stat
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -50,6 +50,56 @@ MAX_CARD_BYTES = 64 << 20
 MAX_ARRAY_BYTES = 256 << 20
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # a fixed member time: the same arrays give the same bytes
+
+
+class Genes(TypedDict):
+    """The panel, in model input order."""
+
+    symbols: list[str]
+    ensembl_ids: list[str | None]  # None where no Ensembl ID is known
+
+
+class Pathways(TypedDict):
+    """The latent pathway nodes, in output order, and where their gene sets come from."""
+
+    names: list[str]
+    source: NotRequired[str]
+
+
+class Threshold(TypedDict):
+    """P(sensitive) at or above which a cell is labelled sensitive, and how it was chosen."""
+
+    value: float
+    rule: NotRequired[str]
+
+
+class FileEntry(TypedDict):
+    """A bundle file: its sha256, and what its reader needs to know."""
+
+    sha256: str
+    fd_step: NotRequired[float]  # head_fd.onnx: the finite-difference step baked in
+    arrays: NotRequired[list[str]]  # arrays.npz: the card fields it holds
+
+
+class Card(TypedDict):
+    """``card.json`` as ``read_card`` returns it (arrays in place): the fields scoring relies on
+    are typed; training, metrics, knowledge and calibration are free-form records for readers."""
+
+    format: str  # FORMAT
+    format_version: int  # one of READABLE_VERSIONS
+    drug: str  # lower-case name, the folder name
+    aliases: list[str]
+    description: str
+    genes: Genes
+    normalization: dict[str, Any]  # Normalization.to_card(); checked by normalization_of
+    pathways: Pathways
+    reference_pathways: NotRequired[dict[str, list[float]]]  # attribution baselines
+    threshold: Threshold
+    training: NotRequired[dict[str, Any]]
+    metrics: NotRequired[dict[str, Any]]
+    knowledge: NotRequired[dict[str, Any]]
+    calibration: NotRequired[dict[str, Any]]
+    files: dict[str, FileEntry]
 
 
 @dataclass(frozen=True)
@@ -94,7 +144,7 @@ class Normalization:
         }
 
 
-def read_card(root: Path) -> dict[str, Any]:
+def read_card(root: Path) -> Card:
     """Parse and check ``root/card.json`` (format, version, panel, pathways, threshold); for
     format 2, put the verified arrays of ``arrays.npz`` back at their places."""
     card_path = _inside(root, CARD_FILE)
@@ -120,7 +170,7 @@ def read_card(root: Path) -> dict[str, Any]:
     return card
 
 
-def write_card(root: Path, card: dict[str, Any]) -> dict[str, Any]:
+def write_card(root: Path, card: Card | dict[str, Any]) -> Card:
     """Write ``card`` as format 2: its arrays into ``arrays.npz`` (deterministic bytes), the rest
     into ``card.json`` (written last, so a bundle is complete once its card is there). Returns the
     card as ``read_card`` will read it; the ONNX entries of ``files`` must already be there."""
@@ -140,7 +190,7 @@ def write_card(root: Path, card: dict[str, Any]) -> dict[str, Any]:
     return full
 
 
-def normalization_of(card: dict[str, Any], where: str) -> Normalization:
+def normalization_of(card: Card, where: str) -> Normalization:
     """The card's normalisation recipe, checked (shapes, finite values, positive SDs)."""
     norm = card.get("normalization")
     n = len(card["genes"]["symbols"])
