@@ -459,12 +459,19 @@ def _predict_chunk(run: ModelRun, chunk: Chunk, normalized: bool) -> ChunkResult
 
 
 def _top_pathways(attr: np.ndarray, sensitive: np.ndarray, names: list[str]) -> list[str]:
-    """Per cell, the pathways pushing hardest towards its call, strongest first."""
+    """Per cell, the pathways pushing hardest towards its call, strongest first (";"-joined).
+
+    The positive ones come first in the descending order, so each cell's list is a prefix of
+    its top ``TOP_PATHWAYS``; the strings are joined column by column over the whole chunk."""
     signed = np.where(sensitive[:, None], attr, -attr)
     k = min(TOP_PATHWAYS, attr.shape[1])
     order = np.argsort(-signed, axis=1, kind="stable")[:, :k]
-    return [";".join(names[j] for j in row if signed[i, j] > 0) for i, row in enumerate(order)]
-
+    pushing = np.take_along_axis(signed, order, axis=1) > 0
+    labels = np.asarray(names, dtype=object)[order]
+    out = np.where(pushing[:, 0], labels[:, 0], "")
+    for j in range(1, k):
+        out = np.where(pushing[:, j], out + ";" + labels[:, j], out)
+    return out.tolist()
 
 def _explain_attrs(run: ModelRun, explain: ExplainSettings) -> dict[str, Any]:
     ig = run.explainer

@@ -176,3 +176,21 @@ def test_cli_explain_outputs(tmp_path, mlp_bundle):
     assert a549  # every row came back
     hcc = [float(g["mean_attribution"]) for g in groups if g["group"] == "HCC827"]
     assert len(hcc) == 12
+
+
+def test_top_pathways_name_those_pushing_towards_each_call_strongest_first():
+    """The chunk-wide join equals the per-cell definition, ties and all-negative cells included."""
+    from scdr.scoring.engine import TOP_PATHWAYS, _top_pathways
+
+    rng = np.random.default_rng(4)
+    attr = np.round(rng.standard_normal((500, 6)), 1).astype(np.float32)  # rounding makes ties
+    attr[:20] = -np.abs(attr[:20])  # nothing pushes these sensitive cells' way
+    sensitive = rng.random(500) < 0.5
+    sensitive[:20] = True
+    names = [f"P{j}" for j in range(6)]
+    got = _top_pathways(attr, sensitive, names)
+    for i in range(500):
+        signed = attr[i] if sensitive[i] else -attr[i]
+        order = np.argsort(-signed, kind="stable")[:TOP_PATHWAYS]
+        assert got[i] == ";".join(names[j] for j in order if signed[j] > 0)
+    assert got[:20] == [""] * 20
