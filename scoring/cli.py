@@ -44,7 +44,7 @@ from scdr.scoring.progress import progress_bar
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("input_paths", metavar="CELLS.h5ad...", nargs=-1, required=True)
+@click.argument("input_paths", metavar="CELLS...", nargs=-1, required=True)
 @click.option("--drug", "drugs", multiple=True,
               help="Shipped model by drug name or alias (any case); repeat for several drugs "
                    "scored in one pass over the file. See scdr-models.")
@@ -121,8 +121,9 @@ def score_command(input_paths: tuple[str, ...], drugs: tuple[str, ...], models: 
                   explain_genes: str | None, groupby: str | None, report: Path | None,
                   scheduler: str | None, workers: int | None, resume: bool,
                   quiet: bool) -> None:
-    """Predict, for every cell of each CELLS.h5ad (files or globs), sensitive or resistant to a
-    drug. Several files are scored one after the other, or in parallel on Dask."""
+    """Predict, for every cell of each CELLS file (.h5ad, a 10x Genomics .h5 or an AnnData .zarr
+    store; files or globs), sensitive or resistant to a drug. Several files are scored one after
+    the other, or in parallel on Dask."""
     def log(msg: str) -> None:
         if not quiet:
             click.echo(msg, err=True)
