@@ -144,10 +144,19 @@ def list_models(root: Path | None = None) -> list[dict[str, Any]]:
             "pathway_source": card["pathways"].get("source", ""),
             "threshold": card["threshold"]["value"],
             "bulk_cv_auroc": (metrics.get("bulk_cross_validation") or {}).get("auroc_mean"),
+            **_cell_figures(metrics.get("single_cell_evaluation")),
             "description": card.get("description", ""),
             "path": str(path),
         })
     return rows
+
+
+def _cell_figures(evaluation: Any) -> dict[str, Any]:
+    """The card's single-cell AUROC and its target-gene marker's, where the card has them."""
+    evaluation = evaluation if isinstance(evaluation, dict) else {}
+    marker = (evaluation.get("baselines") or {}).get("marker") or {}
+    return {"cells_auroc": evaluation.get("auroc"), "marker_auroc": marker.get("auroc"),
+            "marker_genes": marker.get("genes", [])}
 
 
 def find_bundle(drug: str, root: Path | None = None) -> Path:

@@ -191,11 +191,17 @@ def models_command(as_json: bool) -> None:
     if not rows:
         click.echo("no shipped models found")
         return
+    click.echo(f"{'drug':<12} {'genes':>5} {'pathways':>8}  {'bulk CV':>7}  {'cells':>5}  "
+               f"{'marker':<14}  aliases")
     for r in rows:
-        auroc = "n/a" if r["bulk_cv_auroc"] is None else f"{r['bulk_cv_auroc']:.3f}"
-        click.echo(f"{r['drug']:<14} genes {r['genes']:>5}  pathways {r['pathways']:>4} "
-                   f"({r['pathway_source']})  bulk CV AUROC {auroc}  aliases: "
-                   f"{', '.join(r['aliases']) or '-'}")
+        bulk = "-" if r["bulk_cv_auroc"] is None else f"{r['bulk_cv_auroc']:.3f}"
+        cells = "-" if r["cells_auroc"] is None else f"{r['cells_auroc']:.3f}"
+        marker = "-" if r["marker_auroc"] is None else \
+            f"{r['marker_auroc']:.3f} {'+'.join(r['marker_genes'])}"
+        click.echo(f"{r['drug']:<12} {r['genes']:>5} {r['pathways']:>8}  {bulk:>7}  {cells:>5}  "
+                   f"{marker:<14}  {', '.join(r['aliases']) or '-'}")
+    click.echo("AUROC: bulk CV over GDSC lines; cells: validation plates, this model and the drug's "
+               "target-gene expression (marker). Details: scdr-models --json, the model cards.")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -165,3 +165,20 @@ def test_readme_quick_start_with_the_shipped_cisplatin_model(tmp_path):
     models = subprocess.run([str(exe.with_name("scdr-models"))], capture_output=True, text=True)
     assert models.returncode == 0
     assert any(line.startswith("cisplatin ") for line in models.stdout.splitlines())
+
+
+def test_scdr_models_shows_each_model_beside_its_target_gene():
+    """What a user needs before trusting a model: its plate AUROC next to the marker's."""
+    from click.testing import CliRunner
+
+    from scdr.scoring.bundle import find_bundle
+    from scdr.scoring.cli import models_command
+
+    out = CliRunner().invoke(models_command, []).output
+    erlotinib = next(line for line in out.splitlines() if line.startswith("erlotinib "))
+    card = load_bundle(find_bundle("erlotinib")).card["metrics"]["single_cell_evaluation"]
+    assert f"{card['auroc']:.3f}" in erlotinib
+    assert f"{card['baselines']['marker']['auroc']:.3f} EGFR" in erlotinib
+    cisplatin = next(line for line in out.splitlines() if line.startswith("cisplatin "))
+    assert " - " in cisplatin  # no labelled cells: no figure, not a made-up one
+
