@@ -34,7 +34,13 @@ from scdr.scoring.normalize import STATUS_ZERO_COUNTS, normalize_chunk
 from scdr.scoring.normalized_input import check_normalized
 from scdr.scoring.output import ExplainWriter, TableWriter
 from scdr.scoring.reader import Chunk, CountSource, from_arrays, open_counts
-from scdr.scoring.report import ReportCollector, read_embedding, require_matplotlib, write_report
+from scdr.scoring.report import (
+    ReportCollector,
+    marker_caveat,
+    read_embedding,
+    require_matplotlib,
+    write_report,
+)
 from scdr.scoring.signals import INTERRUPTED  # set by the CLI's handler; raised between chunks
 
 DEFAULT_CHUNK_SIZE = 8192
@@ -225,6 +231,8 @@ def score_file(
                 f"({m.coverage:.1%}) in {source.location}")
             for warning in match_warnings(m, options.min_coverage) + run.notes:
                 log(f"{run.bundle.drug}: warning: {warning}")
+            if (caveat := marker_caveat(run.bundle.card)) is not None:
+                log(f"{run.bundle.drug}: note: {caveat}")
         writers: dict[int, list[TableWriter | ExplainWriter]] = {}
         for i, (run, out) in enumerate(zip(runs, outputs)):
             names = run.bundle.pathway_names
@@ -285,6 +293,7 @@ def score_file(
                 "panel_genes_summed": r.match.n_summed,
                 "warnings": match_warnings(r.match, options.min_coverage) + r.notes,
                 "normalized_input_rescaled": r.rescale,
+                "caveat": marker_caveat(r.bundle.card),
                 "threshold": r.bundle.threshold,
                 "labels": {SENSITIVE: r.n_sensitive, RESISTANT: r.n_cells - r.n_sensitive},
                 "zero_count_cells": r.n_zero,

@@ -182,3 +182,17 @@ def test_scdr_models_shows_each_model_beside_its_target_gene():
     cisplatin = next(line for line in out.splitlines() if line.startswith("cisplatin "))
     assert " - " in cisplatin  # no labelled cells: no figure, not a made-up one
 
+
+
+def test_a_model_that_loses_to_its_target_gene_says_so_in_the_log_and_summary(tmp_path):
+    """Scoring with erlotinib (0.944 vs EGFR 0.991 on the plates) notes it; afatinib (0.844 vs
+    0.831) does not: the caveat follows the card's figures, drug by drug."""
+    summary = tmp_path / "s.json"
+    proc = subprocess.run([*CLI, EXAMPLE, "--drug", "erlotinib", "--drug", "afatinib",
+                           "-o", str(tmp_path / "{drug}.csv"), "--summary", summary],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    caveats = {m["drug"]: m["caveat"] for m in json.loads(summary.read_text())["models"]}
+    assert "worse than EGFR expression alone" in caveats["erlotinib"] and caveats["afatinib"] is None
+    assert "erlotinib: note: On the single-cell validation data" in proc.stderr
+    assert "afatinib: note" not in proc.stderr
