@@ -223,12 +223,7 @@ def load_single_cell(path: str | Path, counts_layer: str | None = None) -> Singl
     path = Path(path)
     try:
         with open_counts(path, layer=counts_layer) as source:
-            parts, cell_ids = [], []
-            for chunk in source.chunks(8192, prefetch=False):
-                parts.append(sp.csr_matrix((chunk.data.astype(np.float64), chunk.indices, chunk.indptr),
-                                           shape=(chunk.stop - chunk.start, source.n_vars)))
-                cell_ids += chunk.obs_names
-            counts = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, source.n_vars))
+            counts, cell_ids = source.read_all()
             counts.sum_duplicates()
             return SingleCellCounts(path, counts, list(source.var_names), cell_ids, source.location)
     except ScdrError as exc:

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import scipy.sparse as sp
 
 from scdr.scoring.errors import InputError
 from scdr.scoring.reader import limits
 from scdr.scoring.reader.limits import MAX_FEATURES, MAX_VALUE
 
 if TYPE_CHECKING:
+
     from scdr.scoring.reader.guards import Tree
     from scdr.scoring.reader.names import Names
 
@@ -51,6 +53,17 @@ class CountSource:
         while the caller works on this one (same chunks, same order)."""
         chunks = self._chunks(chunk_size, start, stop, obs_columns)
         return prefetched(chunks) if prefetch else chunks
+
+    def read_all(self, chunk_size: int = 8192) -> tuple[sp.csr_matrix, list[str]]:
+        """Every row, read chunk by chunk as scoring reads it, as one float64 CSR (entries as
+        stored, duplicates kept) with the cell ids: for callers that want the matrix whole."""
+        parts, cell_ids = [], []
+        for chunk in self.chunks(chunk_size, prefetch=False):
+            parts.append(sp.csr_matrix((chunk.data.astype(np.float64), chunk.indices, chunk.indptr),
+                                       shape=(chunk.stop - chunk.start, self.n_vars)))
+            cell_ids += chunk.obs_names
+        matrix = sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, self.n_vars))
+        return matrix, cell_ids
 
     def sample_values(self) -> np.ndarray:
         """The first stored values, for the integer-counts test."""

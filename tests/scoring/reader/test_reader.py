@@ -3,7 +3,6 @@
 import h5py
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from helpers import EXAMPLE, SHARED_DATA, write_h5ad
 
 from scdr.scoring.errors import InputError
@@ -12,12 +11,8 @@ from scdr.scoring.reader import open_counts
 
 def _read_all(path, chunk_size=64, **kw):
     with open_counts(path, **kw) as src:
-        parts, names = [], []
-        for c in src.chunks(chunk_size):
-            parts.append(sp.csr_matrix((c.data, c.indices, c.indptr),
-                                       shape=(c.stop - c.start, src.n_vars)))
-            names += c.obs_names
-        return sp.vstack(parts).tocsr(), names, src.var_names, src.location
+        matrix, names = src.read_all(chunk_size)
+        return matrix, names, src.var_names, src.location
 
 
 @pytest.fixture(scope="module")

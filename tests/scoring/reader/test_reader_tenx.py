@@ -84,12 +84,8 @@ def _fixed(values: list) -> np.ndarray:
 
 def _read_all(path: Path, chunk_size: int = 7, **kw: object) -> tuple[sp.csr_matrix, list[str], object]:
     with open_counts(path, **kw) as src:
-        parts, names = [], []
-        for c in src.chunks(chunk_size):
-            parts.append(sp.csr_matrix((c.data, c.indices, c.indptr),
-                                       shape=(c.stop - c.start, src.n_vars)))
-            names += c.obs_names
-        return sp.vstack(parts).tocsr(), names, src
+        matrix, names = src.read_all(chunk_size)
+        return matrix, names, src
 
 
 @pytest.fixture(scope="module")
