@@ -132,10 +132,14 @@ def list_bundles(root: Path | None = None) -> list[tuple[Path, Card]]:
 
 
 def list_models(root: Path | None = None) -> list[dict[str, Any]]:
-    """One summary per bundle under ``root`` (default: the shipped ones), as ``scdr-models`` prints it."""
+    """One summary per bundle under ``root`` (default: the shipped ones), as ``scdr-models`` prints it;
+    the evaluation figures are read as the report reads them (``report.evidence.card_evidence``)."""
+    from scdr.scoring.report.evidence import card_evidence
+
     rows = []
     for path, card in list_bundles(root):
-        metrics = card.get("metrics", {})
+        evidence = card_evidence(card)
+        marker = evidence.baselines.get("marker", {})
         rows.append({
             "drug": card["drug"],
             "aliases": card.get("aliases", []),
@@ -143,20 +147,14 @@ def list_models(root: Path | None = None) -> list[dict[str, Any]]:
             "pathways": len(card["pathways"]["names"]),
             "pathway_source": card["pathways"].get("source", ""),
             "threshold": card["threshold"]["value"],
-            "bulk_cv_auroc": (metrics.get("bulk_cross_validation") or {}).get("auroc_mean"),
-            **_cell_figures(metrics.get("single_cell_evaluation")),
+            "bulk_cv_auroc": evidence.bulk_cv[0] if evidence.bulk_cv else None,
+            "cells_auroc": (evidence.single_cell or {}).get("auroc"),
+            "marker_auroc": marker.get("auroc"),
+            "marker_genes": marker.get("genes", []),
             "description": card.get("description", ""),
             "path": str(path),
         })
     return rows
-
-
-def _cell_figures(evaluation: Any) -> dict[str, Any]:
-    """The card's single-cell AUROC and its target-gene marker's, where the card has them."""
-    evaluation = evaluation if isinstance(evaluation, dict) else {}
-    marker = (evaluation.get("baselines") or {}).get("marker") or {}
-    return {"cells_auroc": evaluation.get("auroc"), "marker_auroc": marker.get("auroc"),
-            "marker_genes": marker.get("genes", [])}
 
 
 def find_bundle(drug: str, root: Path | None = None) -> Path:
