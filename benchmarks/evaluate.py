@@ -46,7 +46,7 @@ from scdr.training.ensemble import StudentConfig, fit_calibrated
 from scdr.training.normalize import Normalization, scale_cells
 from scdr.training.panel import load_gene_ids
 from scdr.training.pipeline import Prepared, prepare
-from scdr.training.recipes import CANDIDATES, Recipe, find_recipe
+from scdr.training.recipes import ROUNDS, Recipe, find_recipe
 from scdr.training.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ class DrugData:
     """One drug's prepared training data per panel, cell metadata and evaluation targets."""
 
     spec: DrugSpec
-    preps: dict[tuple[bool, float], Prepared]  # (knowledge_only, min_detection) -> prepared data
+    preps: dict[tuple, Prepared]  # panel_key(recipe) -> prepared data
     cells: pd.DataFrame  # one row per prepared cell: plate, line, singlet, label
     ln_ic50: dict[str, float]  # plate line -> GDSC2 (else GDSC1) ln IC50
     ic50_source: str
@@ -86,9 +86,9 @@ class DrugData:
         return self.preps[panel_key(recipe)]
 
 
-def panel_key(recipe: Recipe) -> tuple[bool, float]:
-    """What of a recipe changes the prepared data: its panel options."""
-    return (recipe.knowledge_only, recipe.min_detection)
+def panel_key(recipe: Recipe) -> tuple:
+    """What of a recipe changes the prepared data: panel, input scale and training lines."""
+    return (recipe.knowledge_only, recipe.min_detection, recipe.rank, recipe.exclude_tissues)
 
 
 # ---------------------------------------------------------------- metrics
@@ -189,7 +189,7 @@ def load_drug(
     spec: DrugSpec, data_dir: Path, recipes: list[Recipe], counts: list, marker_table: dict
 ) -> DrugData:
     """Prepare bulk training data per panel as scdr-train does; line up the cells' metadata and labels."""
-    preps: dict[tuple[bool, float], Prepared] = {}
+    preps: dict[tuple, Prepared] = {}
     for recipe in [find_recipe(BASELINE_PANEL), *recipes]:
         if panel_key(recipe) not in preps:
             preps[panel_key(recipe)] = prepare(inputs_for(spec, data_dir, recipe))
@@ -356,8 +356,13 @@ def _fork():
 
 
 def _recipe_names(args: argparse.Namespace) -> list[str]:
-    """The recipes asked for (default: every candidate)."""
-    return [m for m in args.recipes.split(",") if m]
+    """The recipes asked for (default: the candidates of the protocol round, in its order)."""
+    return [m for m in args.recipes.split(",") if m] or list(ROUNDS[args.round])
+
+
+def _round_suffix(args: argparse.Namespace) -> str:
+    """Output file suffix of a protocol round ('' for the first, '_round2' ...)."""
+    return "" if args.recipes or args.round == 1 else f"_round{args.round}"
 
 
 def _short(row: dict) -> str:
@@ -475,13 +480,14 @@ HEADERS = ("pooled AUROC", "pooled AUPR", "p1 AUROC", "p2 AUROC", "p3 AUROC", "l
            "ensemble pooled AUROC")  # fmt: skip
 
 
-def summarise(rows: list[dict]) -> pd.DataFrame:
-    """Mean, SD and range over seeds per (drug, method), baselines first, then the recipes in order."""
+def summarise(rows: list[dict], names: list[str]) -> pd.DataFrame:
+    """Mean, SD and range over seeds per (drug, method), baselines first, then the recipes
+    `names` in their order."""
     frame = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in frame:
             frame[col] = np.nan
-    order = {m: i for i, m in enumerate([*BASELINES, *(r.name for r in CANDIDATES)])}
+    order = {m: i for i, m in enumerate([*BASELINES, *names])}
     out = []
     for (drug, method), group in frame.groupby(["drug", "method"], sort=False):
         rec = {"drug": drug, "method": method, "seeds": len(group)}
@@ -510,9 +516,9 @@ def mean_over_drugs(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def select(means: pd.DataFrame) -> str | None:
-    """The protocol's rule: best mean pooled AUROC; an earlier (simpler) recipe within TIE wins."""
-    names = [r.name for r in CANDIDATES]
+def select(means: pd.DataFrame, names: list[str]) -> str | None:
+    """The protocol's rule over the recipes `names` (in order of simplicity): best mean pooled
+    AUROC; an earlier (simpler) recipe within TIE wins."""
     scores = {m: v for m, v in zip(means["method"], means["pooled_auroc_mean"], strict=True)
               if m in names and np.isfinite(v)}  # fmt: skip
     if not scores:
@@ -521,7 +527,7 @@ def select(means: pd.DataFrame) -> str | None:
     return next(n for n in names if n in scores and scores[n] >= best - TIE)
 
 
-def format_table(table: pd.DataFrame, means: pd.DataFrame) -> str:
+def format_table(table: pd.DataFrame, means: pd.DataFrame, names: list[str]) -> str:
     """The printed tables: one line per drug x method, then the means and the selection."""
     def cell(rec, col: str) -> str:
         m, s = rec.get(f"{col}_mean", np.nan), rec.get(f"{col}_sd", np.nan)
@@ -542,7 +548,7 @@ def format_table(table: pd.DataFrame, means: pd.DataFrame) -> str:
         lines.append(f"| {rec['method']} | {f(rec['pooled_auroc_mean'])} ({rec['n_drugs']}) | "
                      f"{f(rec['max_auroc_sd'])} | {f(rec['spearman_mean'])} | "
                      f"{f(rec['calls_agree_mean'], '.1f')} |")  # fmt: skip
-    chosen = select(means)
+    chosen = select(means, names)
     lines += ["", f"Selected by the protocol's rule: **{chosen}**" if chosen else ""]
     return "\n".join(lines)
 
@@ -578,15 +584,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         rows += evaluate_drug(data, args, counts, gene_ids)
         print(f"{spec.name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    table = summarise(rows)
+    table = summarise(rows, _recipe_names(args))
     means = mean_over_drugs(table)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else (f"_{args.tag}" if args.tag else "")
+    suffix = "_quick" if args.quick else (f"_{args.tag}" if args.tag else _round_suffix(args))
     pd.DataFrame(rows).to_csv(out_dir / f"evaluation_runs{suffix}.csv", index=False, float_format="%.5f")
     table.to_csv(out_dir / f"evaluation{suffix}.csv", index=False, float_format="%.5f")
     means.to_csv(out_dir / f"evaluation_means{suffix}.csv", index=False, float_format="%.5f")
-    text = format_table(table, means)
+    text = format_table(table, means, _recipe_names(args))
     print(text)
     (out_dir / f"evaluation{suffix}.md").write_text(text + "\n")
     print(f"\n{len(specs)} drug(s), seeds {args.seeds}, epochs {args.epochs}, patience {args.patience}, "
@@ -604,7 +610,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=20)
     p.add_argument("--members", type=int, default=5)
     p.add_argument("--student-epochs", type=int, default=StudentConfig().epochs)
-    p.add_argument("--recipes", default=",".join(r.name for r in CANDIDATES), help="recipe names")
+    p.add_argument("--round", type=int, choices=sorted(ROUNDS), default=max(ROUNDS),
+                   help="protocol round whose candidates are run (benchmarks/protocol.md)")
+    p.add_argument("--recipes", default="", help="recipe names instead of the round's candidates")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (1 torch thread each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads when --jobs 1")
     p.add_argument("--rf-trees", type=int, default=300, help="random-forest trees")

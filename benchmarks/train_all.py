@@ -72,6 +72,9 @@ def inputs_for(spec: DrugSpec, data: Path, recipe: Recipe | None = None) -> Trai
         knowledge_genesets=[sets / name for name in KNOWLEDGE_FILES],
         knowledge_only=recipe.knowledge_only,
         min_detection=recipe.min_detection,
+        rank=recipe.rank,
+        line_info=data / "labels" / "cosmic_info.csv.gz",
+        exclude_tissues=recipe.exclude_tissues,
     )
 
 

@@ -109,6 +109,7 @@ class Normalization:
     target_sum: float | None = 10000.0
     log1p: bool = True
     cell_zscore: bool = True
+    rank: bool = False  # steps 3-4 on within-cell ranks of the panel counts (training only so far)
     gene_mean: np.ndarray | None = None  # float64 [n_panel]
     gene_std: np.ndarray | None = None  # float64 [n_panel]
     clip: float | None = 10.0
@@ -133,6 +134,7 @@ class Normalization:
             "log1p": self.log1p,
             "accepts_normalized": self.accepts_normalized,
             "cell_zscore": self.cell_zscore,
+            **({"rank": True} if self.rank else {}),
             "gene_mean": None if self.gene_mean is None else [float(x) for x in self.gene_mean],
             "gene_std": None if self.gene_std is None else [float(x) for x in self.gene_std],
             "clip": self.clip,
@@ -196,6 +198,9 @@ def normalization_of(card: Card, where: str) -> Normalization:
     n = len(card["genes"]["symbols"])
     if not isinstance(norm, dict):
         raise BundleError(f"{where} has no normalization section")
+    if norm.get("rank"):
+        raise BundleError(f"{where} wants within-cell rank inputs, which this scdr version does not "
+                          "score; use a bundle without normalization.rank")
     try:
         mean, std = norm.get("gene_mean"), norm.get("gene_std")
         gene_mean = None if mean is None else np.asarray(mean, dtype=np.float64)

@@ -176,6 +176,19 @@ _DEFAULTS = TrainConfig()
     help="Keep genes detected (count > 0) in at least this fraction of every target file's cells.",
 )
 @click.option(
+    "--line-info",
+    type=_FILE,
+    default=None,
+    help="cosmic_info.csv.gz (pip download gdsctools==1.0.1, gdsctools/data/): the GDSC tissue "
+    "of each line, read with --exclude-tissues.",
+)
+@click.option(
+    "--exclude-tissues",
+    default="",
+    help="Comma-separated GDSC1 tissues (cosmic_info's GDSC1 column) whose lines are left out "
+    "of training, e.g. leukemia,lymphoma,myeloma for solid tumours.",
+)
+@click.option(
     "--members",
     type=click.IntRange(2),
     default=DEFAULT_MEMBERS,
@@ -211,6 +224,8 @@ def main(**opts: object) -> None:
         knowledge_genesets=list(opts["knowledge_genesets"]),
         knowledge_only=bool(opts["knowledge_only"]),
         min_detection=float(opts["min_detection"]),
+        line_info=opts["line_info"],
+        exclude_tissues=tuple(x.strip() for x in str(opts["exclude_tissues"]).split(",") if x.strip()),
     )
     config = TrainConfig(**{k: opts[k] for k in TrainConfig.__dataclass_fields__ if k in opts})
     log = None if opts["quiet"] else stderr_logger

@@ -78,7 +78,8 @@ def add_depth_stats(bundle_dir: str | Path, targets: list[str | Path]) -> dict:
     cells = [load_single_cell(p) for p in paths]
     genes, spec = card["genes"], card["normalization"]
     base = Normalization(target_sum=spec["target_sum"], log1p=spec["log1p"],
-                         cell_zscore=spec["cell_zscore"], clip=spec["clip"])
+                         cell_zscore=spec["cell_zscore"], clip=spec["clip"],
+                         rank=bool(spec.get("rank", False)))
     rate, mean, std = depth_stats([c.counts for c in cells], [c.features for c in cells],
                                   genes["symbols"], genes["ensembl_ids"], base)
     if not (np.array_equal(mean[-1], spec["gene_mean"]) and np.array_equal(std[-1], spec["gene_std"])):

@@ -10,6 +10,10 @@ Gene standardisation (step 5) uses per-domain statistics during training: bulk r
 and SDs over the training bulk lines, cells with means and SDs over the (unlabelled) target
 cells. The card carries the single-cell statistics, which is what `scoring` applies to cells.
 
+A rank recipe (``Normalization.rank``) replaces step 3 by each profile's average ranks over its
+present panel genes, then z-scores them as step 4 does: ranks do not see a platform's scale or a
+cell's depth beyond which genes are detected. Scoring does not read such cards yet.
+
 Sequencing depth shifts every gene's standardised value (fewer detected genes: more zeros, larger
 non-zero values), so the card may also carry statistics of the target cells thinned to lower depths
 (`training/depth.py`); scoring then standardises each cell with the statistics interpolated at its
@@ -72,10 +76,12 @@ def scale_cells(
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     y, present = _gather_panel(counts, features, symbols, ensembl_ids)
     zero = library == 0
-    if norm.target_sum is not None:
+    if norm.rank:  # ranks of the counts are those of any per-cell monotone scaling of them
+        y = within_row_ranks(y, present)
+    elif norm.target_sum is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             y = y * norm.target_sum / library[:, None]
-    if norm.log1p:
+    if norm.log1p and not norm.rank:
         y = np.log1p(y)
     y[zero] = 0.0
     y[:, ~present] = 0.0
@@ -130,6 +136,8 @@ def normalize_bulk(values: np.ndarray, norm: Normalization) -> np.ndarray:
     """Steps 4-7 for bulk panel values [lines x panel] (every gene present)."""
     y = np.asarray(values, dtype=np.float64)
     present = np.ones(y.shape[1], dtype=bool)
+    if norm.rank:
+        y = within_row_ranks(y, present)
     if norm.cell_zscore:
         y = _cell_zscore(y, present)
     return standardize(y, present, np.zeros(y.shape[0], dtype=bool), norm)
@@ -159,6 +167,18 @@ def match_features(features: list[str], symbols: list[str], ensembl_ids: list[st
     from scdr.scoring.genes import match_genes
 
     return match_genes(features, symbols, ensembl_ids).gene_map.astype(np.int64)
+
+
+def within_row_ranks(y: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Step 3 of rank recipes: each row's average ranks (1..n, ties shared) over the present
+    columns, absent columns 0. Invariant to any monotone per-row scale, so microarray and count
+    profiles, deep or shallow, meet on one scale."""
+    from scipy.stats import rankdata
+
+    out = np.zeros_like(y, dtype=np.float64)
+    if present.any() and y.shape[0]:
+        out[:, present] = rankdata(y[:, present], method="average", axis=1)
+    return out
 
 
 def _cell_zscore(y: np.ndarray, present: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from scdr.training.data import (
     DEFAULT_HOLDOUT_LINES,
@@ -90,6 +91,9 @@ class TrainingInputs:
     knowledge_genesets: list[Path] = field(default_factory=list)  # GMTs with the knowledge sets
     knowledge_only: bool = False  # panel = the drug's knowledge genes alone
     min_detection: float = 0.0  # a gene counts as present in a target when detected in >= this
+    rank: bool = False  # inputs are within-profile ranks (Normalization.rank); not exportable yet
+    line_info: Path | None = None  # cosmic_info.csv(.gz): the GDSC tissue of each line
+    exclude_tissues: tuple[str, ...] = ()  # GDSC1 tissues whose lines are left out of training
 
 
 @dataclass
@@ -120,6 +124,9 @@ def train_bundle(
     command: str | None = None,
 ) -> dict:
     """Cross-fit the ensemble, calibrate, distil it into one network and write the bundle; return the card."""
+    if inputs.rank:
+        raise DataError("rank inputs can be evaluated but not exported: scdr.scoring does not score "
+                        "them yet; train without rank")
     data = prepared if prepared is not None else prepare(inputs, log)
     say = log or (lambda _msg: None)
     ensemble, module, fidelity = fit_calibrated(
@@ -171,7 +178,12 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
     aliases = _aliases(inputs)
     entries = load_ic50_entries(inputs.ic50, inputs.drug, aliases)
     rule = LabelRule(inputs.label_quantile, inputs.label_z)
-    labels = make_labels(entries, bulk.lines, holdout, rule)
+    lines = bulk.lines
+    if inputs.exclude_tissues:
+        dropped = lines_of_tissues(inputs.line_info, inputs.exclude_tissues)
+        lines = [x for x in bulk.lines if x not in dropped or x in holdout]
+        say(f"left out {len(bulk.lines) - len(lines)} lines of {', '.join(inputs.exclude_tissues)}")
+    labels = make_labels(entries, lines, holdout, rule)
     aliases = _dedupe(aliases + [e.drug_name for e in entries], inputs.drug)
     balance = labels.class_balance()
     say(
@@ -200,7 +212,7 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
         knowledge_only=inputs.knowledge_only,
     )
     say(f"panel: {len(panel.symbols)} genes, {len(mask.names)} pathways ({panel.report})")
-    base = Normalization()
+    base = Normalization(rank=inputs.rank)
     scaled = [scale_cells(c.counts, c.features, panel.symbols, panel.ensembl_ids, base) for c in cells]
     rate, mean, std = depth_stats([c.counts for c in cells], [c.features for c in cells],
                                   panel.symbols, panel.ensembl_ids, base)
@@ -249,6 +261,19 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
         targets,
         aliases,
     )
+
+
+def lines_of_tissues(line_info: Path | None, tissues: tuple[str, ...]) -> set[str]:
+    """Normalised names of the lines whose GDSC1 tissue (cosmic_info's `GDSC1` column) is one
+    of `tissues`; a DataError when the table is missing or names none of them."""
+    if line_info is None:
+        raise DataError("leaving tissues out needs the line table (cosmic_info.csv.gz, --line-info)")
+    table = pd.read_csv(line_info, usecols=["SAMPLE_NAME", "GDSC1"], dtype=str)
+    unknown = sorted(set(tissues) - set(table["GDSC1"].dropna()))
+    if unknown:
+        raise DataError(f"{Path(line_info).name} has no lines of tissue {', '.join(unknown)}")
+    hit = table[table["GDSC1"].isin(tissues)]
+    return {normalize_line_name(x) for x in hit["SAMPLE_NAME"]}
 
 
 def detected_features(cells: SingleCellCounts, min_detection: float) -> list[str]:
@@ -356,6 +381,7 @@ def _training_record(data: Prepared, config: TrainConfig, ensemble: Ensemble, co
         "panel_options": {
             "knowledge_only": data.inputs.knowledge_only,
             "min_detection": data.inputs.min_detection,
+            "exclude_tissues": list(data.inputs.exclude_tissues),
         },
         "epochs": {"max": config.epochs},
         "fit_seconds": round(ensemble.seconds, 2),

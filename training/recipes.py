@@ -2,9 +2,10 @@
 
 Every recipe shares the same frame (knowledge nodes in the pathway layer, a 5-member cross-fitted
 ensemble, Platt calibration on its out-of-fold bulk logits, one distilled network exported);
-they differ in domain alignment, panel and head. `benchmarks/protocol.md` fixes the list, the
-seeds and the one selection rule before any candidate was scored on plate labels;
-`benchmarks/evaluate.py` runs them all and `SHIPPED` names the one the rule selected.
+they differ in domain alignment, panel, head, training lines and input scale. `ROUNDS` lists the
+candidates of each round of `benchmarks/protocol.md` in order of simplicity; the protocol fixes the
+list, the seeds and the one selection rule before any candidate is scored on plate labels.
+`benchmarks/evaluate.py --round N` runs a round and `SHIPPED` names the recipe the rule selected.
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ class Recipe:
     config: dict = field(default_factory=dict)  # TrainConfig field -> value
     knowledge_only: bool = False
     min_detection: float = 0.0
+    rank: bool = False  # within-profile rank inputs (TrainingInputs.rank)
+    exclude_tissues: tuple[str, ...] = ()  # GDSC1 tissues left out of bulk training
 
     def train_config(self, **base: object) -> TrainConfig:
         """The TrainConfig of this recipe over `base` options (seed, threads, device)."""
         return replace(TrainConfig(**base), **self.config)  # type: ignore[arg-type]
 
+
+BLOOD_TISSUES = ("leukemia", "lymphoma", "myeloma")  # GDSC1 tissues of haematopoietic lines
 
 # In order of simplicity (the protocol's tie-break prefers the earlier one).
 CANDIDATES: tuple[Recipe, ...] = (
@@ -45,7 +50,23 @@ CANDIDATES: tuple[Recipe, ...] = (
     Recipe("D-adv", "adversarial alignment, full panel restricted to genes detected in >= 10% of "
            "the unlabelled target cells (label-free, for platform and depth robustness)",
            {"alignment": "adversarial"}, min_detection=0.10),
+    # round 2 (benchmarks/protocol.md, second round): the K-adv frame with label-free changes of
+    # the training population and of the input scale
+    Recipe("K-adv-solid", "K-adv trained on solid-tumour lines only (GDSC tissues leukemia, "
+           "lymphoma and myeloma left out)", {"alignment": "adversarial"}, knowledge_only=True,
+           exclude_tissues=BLOOD_TISSUES),
+    Recipe("F-adv-solid", "F-adv trained on solid-tumour lines only",
+           {"alignment": "adversarial"}, exclude_tissues=BLOOD_TISSUES),
+    Recipe("K-adv-rank", "K-adv on within-profile ranks of the panel genes instead of log1p CP10k",
+           {"alignment": "adversarial"}, knowledge_only=True, rank=True),
+    Recipe("K-adv-rank-solid", "K-adv on within-profile ranks, solid-tumour lines only",
+           {"alignment": "adversarial"}, knowledge_only=True, rank=True,
+           exclude_tissues=BLOOD_TISSUES),
 )  # fmt: skip
+ROUNDS: dict[int, tuple[str, ...]] = {
+    1: ("K-none", "K-adv", "F-none", "F-mmd", "F-adv", "F-adv-linear", "D-adv"),
+    2: ("K-adv", "K-adv-solid", "F-adv-solid", "K-adv-rank", "K-adv-rank-solid"),
+}
 # Selected by the protocol's rule (benchmarks/results/evaluation.md): best mean pooled AUROC over
 # the five labelled drugs, 0.760 (F-adv-linear 0.748, K-none 0.742, F-adv 0.736).
 SHIPPED = "K-adv"
