@@ -46,7 +46,7 @@ from scdr.training.ensemble import StudentConfig, fit_calibrated
 from scdr.training.normalize import Normalization, scale_cells
 from scdr.training.panel import load_gene_ids
 from scdr.training.pipeline import Prepared, prepare
-from scdr.training.recipes import ROUNDS, Recipe, find_recipe
+from scdr.training.recipes import ROUNDS, SHIPPED_ROUND, Recipe, find_recipe
 from scdr.training.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,8 +361,8 @@ def _recipe_names(args: argparse.Namespace) -> list[str]:
 
 
 def _round_suffix(args: argparse.Namespace) -> str:
-    """Output file suffix of a protocol round ('' for the first, '_round2' ...)."""
-    return "" if args.recipes or args.round == 1 else f"_round{args.round}"
+    """Output file suffix: '_round2' for the candidates of round 2, '_recipes' for a hand-picked list."""
+    return "_recipes" if args.recipes else f"_round{args.round}"
 
 
 def _short(row: dict) -> str:
@@ -421,7 +421,7 @@ def evaluate_shipped(data_dir: Path, out_dir: Path, write_cards: bool = False) -
     (out_dir / "shipped_plates.md").write_text(text + "\n")
     print(text)
     if write_cards:
-        baselines = pd.read_csv(out_dir / "evaluation.csv")
+        baselines = pd.read_csv(out_dir / f"evaluation_round{SHIPPED_ROUND}.csv")
         for row in rows:
             record_in_card(MODELS / row["drug"], row, baselines[baselines["drug"] == row["drug"]])
         print(f"recorded in {len(rows)} cards (metrics.single_cell_evaluation)")
@@ -444,7 +444,8 @@ def record_in_card(bundle: Path, row: dict, baselines: pd.DataFrame) -> None:
                    else "none (line-level Spearman only)")
                 + "; spearman: line mean P(sensitive) against minus GDSC ln IC50",
         "how": "this bundle scored with scdr.score (python benchmarks/evaluate.py --shipped); baselines "
-               "from the protocol sweep (benchmarks/results/evaluation.csv, mean over its seeds)",
+               f"from the protocol sweep (benchmarks/results/evaluation_round{SHIPPED_ROUND}.csv, mean "
+               "over its seeds)",
         **figures(row.get("pooled_auroc"), row.get("pooled_aupr"), row.get("spearman")),
         "line_calls_agree": f"{row['calls_agree']}/{row['calls_n']} (constant: {row['constant_agree']})",
         "baselines": {},

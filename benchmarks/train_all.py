@@ -36,14 +36,14 @@ from scdr.training.data import (
 )
 from scdr.training.drugs import DEFAULT_QUANTILE, DRUGS, TARGETED_Z_MAX, DrugSpec
 from scdr.training.pipeline import TrainingInputs, train_bundle
-from scdr.training.recipes import SHIPPED, Recipe, find_recipe
+from scdr.training.recipes import SHIPPED, SHIPPED_ROUND, Recipe, find_recipe
 from scdr.training.train import stderr_logger
 
 ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ROOT / "exported_models"
 RESULTS = ROOT / "benchmarks" / "results"
-EVALUATION_CSV = RESULTS / "evaluation.csv"
+EVALUATION_CSV = RESULTS / f"evaluation_round{SHIPPED_ROUND}.csv"
 TABLE_BEGIN = "<!-- model-table:begin (written by benchmarks/train_all.py --table) -->"
 TABLE_END = "<!-- model-table:end -->"
 KNOWLEDGE_FILES = (
@@ -238,7 +238,7 @@ def _knowledge_nodes(card: dict) -> list[str]:
 
 
 def _evaluation_rows() -> dict[str, dict[str, str]]:
-    """The shipped recipe's single-cell figures per drug from benchmarks/results/evaluation.csv."""
+    """The shipped recipe's single-cell figures per drug from the protocol round that selected it."""
     if not EVALUATION_CSV.is_file():
         return {}
     out: dict[str, dict[str, str]] = {}

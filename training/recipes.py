@@ -71,6 +71,7 @@ ROUNDS: dict[int, tuple[str, ...]] = {
 # pooled AUROC over the five labelled drugs, 0.774 (K-adv 0.760, K-adv-solid 0.749, K-adv-rank
 # 0.707, K-adv-rank-solid 0.689); round 1 had selected K-adv.
 SHIPPED = "F-adv-solid"
+SHIPPED_ROUND = 2  # the protocol round whose rule selected SHIPPED
 
 
 def find_recipe(name: str) -> Recipe:

@@ -60,8 +60,9 @@ def test_rewriting_a_card_gives_identical_bytes(v2_bundle):
 
 
 @pytest.mark.parametrize("root", SHIPPED, ids=lambda p: p.name)
-def test_shipped_cards_are_format_2_pages_under_50_kb(root):
-    assert (root / "card.json").stat().st_size < 50_000
+def test_shipped_cards_are_format_2_pages_under_100_kb(root):
+    # the names of a ~1,630-gene panel are ~50 KB of the page; every number is in arrays.npz
+    assert (root / "card.json").stat().st_size < 100_000
     assert read_card(root)["format_version"] == 2 and (root / ARRAYS_FILE).is_file()
 
 

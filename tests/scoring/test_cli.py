@@ -185,14 +185,14 @@ def test_scdr_models_shows_each_model_beside_its_target_gene():
 
 
 def test_a_model_that_loses_to_its_target_gene_says_so_in_the_log_and_summary(tmp_path):
-    """Scoring with erlotinib (0.944 vs EGFR 0.991 on the plates) notes it; afatinib (0.844 vs
+    """Scoring with osimertinib (0.649 vs EGFR 0.831 on the plates) notes it; afatinib (0.956 vs
     0.831) does not: the caveat follows the card's figures, drug by drug."""
     summary = tmp_path / "s.json"
-    proc = subprocess.run([*CLI, EXAMPLE, "--drug", "erlotinib", "--drug", "afatinib",
+    proc = subprocess.run([*CLI, EXAMPLE, "--drug", "osimertinib", "--drug", "afatinib",
                            "-o", str(tmp_path / "{drug}.csv"), "--summary", summary],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     caveats = {m["drug"]: m["caveat"] for m in json.loads(summary.read_text())["models"]}
-    assert "worse than EGFR expression alone" in caveats["erlotinib"] and caveats["afatinib"] is None
-    assert "erlotinib: note: On the single-cell validation data" in proc.stderr
+    assert "worse than EGFR expression alone" in caveats["osimertinib"] and caveats["afatinib"] is None
+    assert "osimertinib: note: On the single-cell validation data" in proc.stderr
     assert "afatinib: note" not in proc.stderr
