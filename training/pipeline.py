@@ -391,12 +391,19 @@ def _training_record(data: Prepared, config: TrainConfig, ensemble: Ensemble, co
 
 def _description(data: Prepared) -> str:
     """The card's one-line description."""
-    knowledge = data.panel.report.get("knowledge_nodes", 0)
+    return describe_model(data.inputs.drug, len(data.labels.train_lines), len(data.mask.names),
+                          data.panel.report.get("knowledge_nodes", 0), data.inputs.exclude_tissues)
+
+
+def describe_model(drug: str, lines: int, pathways: int, knowledge: int,
+                   exclude_tissues: tuple[str, ...] | list[str] = ()) -> str:
+    """The card's one-line description: what is predicted, from which lines, through what."""
     mechanism = f" ({knowledge} for the drug's target and mechanism)" if knowledge else ""
+    which = (f"solid-tumour lines ({', '.join(exclude_tissues)} left out)" if exclude_tissues
+             else "lines")
     return (
-        f"calibrated P(sensitive to {data.inputs.drug}) per cell; trained on "
-        f"{len(data.labels.train_lines)} GDSC bulk lines and transferred to single cells through "
-        f"{len(data.mask.names)} pathway nodes{mechanism}"
+        f"calibrated P(sensitive to {drug}) per cell; trained on {lines} GDSC bulk {which} and "
+        f"transferred to single cells through {pathways} pathway nodes{mechanism}"
     )
 
 

@@ -80,3 +80,12 @@ def test_lines_of_tissues(tmp_path: Path) -> None:
 def test_blood_tissues_are_in_the_gdsc_line_table() -> None:
     lines = lines_of_tissues(DATA / "labels" / "cosmic_info.csv.gz", BLOOD_TISSUES)
     assert 150 < len(lines) < 200 and "NCIH2228" not in lines
+
+
+def test_the_card_description_says_which_lines_trained_the_model() -> None:
+    from scdr.training.pipeline import describe_model
+
+    solid = describe_model("crizotinib", 753, 53, 4, BLOOD_TISSUES)
+    assert "753 GDSC bulk solid-tumour lines (leukemia, lymphoma, myeloma left out)" in solid
+    assert "53 pathway nodes (4 for the drug's target and mechanism)" in solid
+    assert "753 GDSC bulk lines and" in describe_model("crizotinib", 753, 53, 0)
