@@ -76,6 +76,9 @@ def make_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
     options.use_deterministic_compute = True
+    # ONNX Runtime's threads otherwise spin for a while after each run, taking the cores from
+    # the Numba kernels that normalise the next chunk
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = int(threads)
     options.log_severity_level = 4  # fatal only: failures reach the user as one BundleError line

@@ -91,8 +91,10 @@ def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1
     n_panel = out.shape[1]
     n_vars = gene_map.shape[0]
     # panel index, or one of SCRATCH slots past the panel: spreading the genes outside the
-    # panel over several slots keeps their adds from queuing on one memory location
-    slot = np.empty(n_vars, np.int32)
+    # panel over several slots keeps their adds from queuing on one memory location. Unsigned
+    # like every index below: Numba adds a negative-index wraparound test to each signed lookup,
+    # which doubled the cost of this gather
+    slot = np.empty(n_vars, np.uint32)
     for j in range(n_vars):
         slot[j] = gene_map[j] if gene_map[j] >= 0 else n_panel + j % SCRATCH
     n_present = 0
@@ -106,7 +108,7 @@ def _normalize_csr(data, indices, indptr, gene_map, present, target_sum, do_log1
     n_blocks = min(n_cells, max(1, n_blocks))
     for blk in numba.prange(n_blocks):
         acc = np.empty(n_panel + SCRATCH, np.float32)
-        touched = np.empty(n_panel, np.int32)
+        touched = np.empty(n_panel, np.uint32)
         vals = np.empty(n_panel, np.float32)
         for i in range(blk * n_cells // n_blocks, (blk + 1) * n_cells // n_blocks):
             status[i] = _normalize_cell(data, indices, indptr[i], indptr[i + 1], n_vars, slot,
@@ -130,7 +132,7 @@ def _normalize_cell(data, indices, lo, hi, n_vars, slot, target_sum, do_log1p, c
         return 1
     acc[:] = 0.0
     for k in range(lo, hi):
-        acc[slot[indices[k]]] += data[k]
+        acc[slot[np.uint64(indices[k])]] += data[k]  # indices were checked in range above
     n_touched = 0
     for g in range(n_panel):
         touched[n_touched] = g
