@@ -378,7 +378,7 @@ def _training_record(data: Prepared, config: TrainConfig, ensemble: Ensemble, co
             "logit (MSE) on the bulk lines, the target cells and bulk/cell mixtures, plus the "
             "pathway-masked reconstruction; the calibration is folded into its last layer",
         },
-        "panel_options": {
+        "data_options": {
             "knowledge_only": data.inputs.knowledge_only,
             "min_detection": data.inputs.min_detection,
             "exclude_tissues": list(data.inputs.exclude_tissues),
