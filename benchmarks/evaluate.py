@@ -62,7 +62,7 @@ EVAL_SENSITIVE: dict[str, tuple[str, ...]] = {
     "osimertinib": ("HCC827", "H1975"),
     "crizotinib": ("H2228",),
 }
-BASELINE_PANEL = "F-adv"  # the baselines use the full panel (shared by every F-* candidate)
+BASELINE_PANEL = "F-adv"  # the baselines use its prepared data: the full panel, all training lines
 BASELINES = ("marker", "logistic regression", "random forest")
 TIE = 0.005  # the selection rule's tie margin (protocol)
 QUICK = {"drugs": "erlotinib", "seeds": "0", "epochs": 5, "patience": 0, "recipes": "F-adv",
@@ -74,7 +74,7 @@ class DrugData:
     """One drug's prepared training data per panel, cell metadata and evaluation targets."""
 
     spec: DrugSpec
-    preps: dict[tuple, Prepared]  # panel_key(recipe) -> prepared data
+    preps: dict[tuple, Prepared]  # prepared_key(recipe) -> prepared data
     cells: pd.DataFrame  # one row per prepared cell: plate, line, singlet, label
     ln_ic50: dict[str, float]  # plate line -> GDSC2 (else GDSC1) ln IC50
     ic50_source: str
@@ -83,10 +83,10 @@ class DrugData:
 
     def prep(self, recipe: Recipe) -> Prepared:
         """The prepared data of a recipe's panel."""
-        return self.preps[panel_key(recipe)]
+        return self.preps[prepared_key(recipe)]
 
 
-def panel_key(recipe: Recipe) -> tuple:
+def prepared_key(recipe: Recipe) -> tuple:
     """What of a recipe changes the prepared data: panel, input scale and training lines."""
     return (recipe.knowledge_only, recipe.min_detection, recipe.rank, recipe.exclude_tissues)
 
@@ -191,9 +191,9 @@ def load_drug(
     """Prepare bulk training data per panel as scdr-train does; line up the cells' metadata and labels."""
     preps: dict[tuple, Prepared] = {}
     for recipe in [find_recipe(BASELINE_PANEL), *recipes]:
-        if panel_key(recipe) not in preps:
-            preps[panel_key(recipe)] = prepare(inputs_for(spec, data_dir, recipe))
-    base = preps[panel_key(find_recipe(BASELINE_PANEL))]
+        if prepared_key(recipe) not in preps:
+            preps[prepared_key(recipe)] = prepare(inputs_for(spec, data_dir, recipe))
+    base = preps[prepared_key(find_recipe(BASELINE_PANEL))]
     frames = []
     for path, c in zip(base.inputs.targets, counts, strict=True):
         obs = _obs(path)
