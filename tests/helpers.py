@@ -4,11 +4,15 @@ normalisation written straight from the contract in exported_models/README.md.""
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import scipy.sparse as sp
 from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:
+    from scdr.scoring.bundle import Bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "celseq2_p1.h5ad"
@@ -98,6 +102,17 @@ def head_logit(pathways: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
     if "W3" in w:
         h = np.maximum(h, 0) @ w["W3"]
     return h.ravel()
+
+
+def model_inputs(bundle: "Bundle", counts: sp.csr_matrix, var: list[str]) -> np.ndarray:
+    """The scorer's normalised panel rows of ``counts`` (cells x ``var``) for ``bundle``."""
+    from scdr.scoring.genes import match_genes
+    from scdr.scoring.normalize import normalize_chunk
+
+    match = match_genes(var, bundle.symbols, bundle.ensembl_ids)
+    counts = sp.csr_matrix(counts)
+    return normalize_chunk(counts.data, counts.indices, counts.indptr.astype(np.int64),
+                           match.gene_map, match.present, bundle.normalization)[0]
 
 
 def reference_normalize(

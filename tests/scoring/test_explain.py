@@ -3,7 +3,7 @@
 import h5py
 import numpy as np
 import pytest
-from helpers import EXAMPLE, head_logit, weights, write_bundle
+from helpers import EXAMPLE, head_logit, model_inputs, weights, write_bundle
 
 from scdr.scoring import score
 from scdr.scoring.bundle import load_bundle
@@ -122,15 +122,9 @@ def test_gene_level_matches_captum_on_a_few_cells(mlp_bundle, example_counts):
     captum_attr = pytest.importorskip("captum.attr")
     from scipy.stats import spearmanr
 
-    from scdr.scoring.genes import match_genes
-    from scdr.scoring.normalize import normalize_chunk
-
     m, var, _ = example_counts
     b = load_bundle(mlp_bundle)
-    match = match_genes(var, b.symbols, b.ensembl_ids)
-    cells = m[:3].tocsr()
-    x, _ = normalize_chunk(cells.data, cells.indices, cells.indptr.astype(np.int64),
-                           match.gene_map, match.present, b.normalization)
+    x = model_inputs(b, m[:3], var)
     session = make_session(b.model_bytes)
     ours = IntegratedGradients(session, np.zeros(x.shape[1], np.float32), 16,
                                "gauss-legendre").attribute_features(x)

@@ -3,15 +3,13 @@ gradients (no torch) against captum's autograd reference on the same ONNX weight
 
 import numpy as np
 import pytest
-from helpers import EXAMPLE, ROOT
+from helpers import EXAMPLE, ROOT, model_inputs
 
 from scdr.scoring import score
 from scdr.scoring.bundle import load_bundle
 from scdr.scoring.engine import ExplainSettings
 from scdr.scoring.explain import IntegratedGradients
-from scdr.scoring.genes import match_genes
 from scdr.scoring.inference import make_session
-from scdr.scoring.normalize import normalize_chunk
 
 pytest.importorskip("captum")
 BUNDLE = ROOT / "exported_models" / "cisplatin"
@@ -55,10 +53,7 @@ def test_gene_attributions_agree_with_captum_on_a_few_cells(example_counts):
 
     m, var, _ = example_counts
     b = load_bundle(BUNDLE)
-    match = match_genes(var, b.symbols, b.ensembl_ids)
-    cells = m[:3].tocsr()
-    x, _ = normalize_chunk(cells.data, cells.indices, cells.indptr.astype(np.int64),
-                           match.gene_map, match.present, b.normalization)
+    x = model_inputs(b, m[:3], var)
     ours = IntegratedGradients(make_session(b.model_bytes), np.zeros(x.shape[1], np.float32),
                                16).attribute_features(x)
     ref = captum_attributions(BUNDLE, x, "gene", steps=16)
