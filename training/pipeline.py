@@ -52,6 +52,7 @@ from scdr.training.normalize import (
 from scdr.training.panel import DEFAULT_PANEL_SIZE, GenePanel, choose_panel, load_gene_ids
 from scdr.training.train import Logger, TrainConfig, _metrics, predict
 
+BLOOD_TISSUES = ("leukemia", "lymphoma", "myeloma")  # GDSC1 tissues of haematopoietic lines
 THRESHOLD_RULE = (
     "calibrated P(sensitive) >= 0.5, fixed before training: probabilities are Platt-calibrated "
     "on out-of-fold bulk logits at the real class prior, so 0.5 is the point where sensitive "
@@ -399,8 +400,8 @@ def describe_model(drug: str, lines: int, pathways: int, knowledge: int,
                    exclude_tissues: tuple[str, ...] | list[str] = ()) -> str:
     """The card's one-line description: what is predicted, from which lines, through what."""
     mechanism = f" ({knowledge} for the drug's target and mechanism)" if knowledge else ""
-    which = (f"solid-tumour lines ({', '.join(exclude_tissues)} left out)" if exclude_tissues
-             else "lines")
+    kind = "solid-tumour lines" if set(BLOOD_TISSUES) <= set(exclude_tissues) else "lines"
+    which = f"{kind} ({', '.join(exclude_tissues)} left out)" if exclude_tissues else kind
     return (
         f"calibrated P(sensitive to {drug}) per cell; trained on {lines} GDSC bulk {which} and "
         f"transferred to single cells through {pathways} pathway nodes{mechanism}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from scdr.training.pipeline import BLOOD_TISSUES
 from scdr.training.train import TrainConfig
 
 
@@ -31,8 +32,6 @@ class Recipe:
         """The TrainConfig of this recipe over `base` options (seed, threads, device)."""
         return replace(TrainConfig(**base), **self.config)  # type: ignore[arg-type]
 
-
-BLOOD_TISSUES = ("leukemia", "lymphoma", "myeloma")  # GDSC1 tissues of haematopoietic lines
 
 # In order of simplicity (the protocol's tie-break prefers the earlier one).
 CANDIDATES: tuple[Recipe, ...] = (

@@ -89,3 +89,4 @@ def test_the_card_description_says_which_lines_trained_the_model() -> None:
     assert "753 GDSC bulk solid-tumour lines (leukemia, lymphoma, myeloma left out)" in solid
     assert "53 pathway nodes (4 for the drug's target and mechanism)" in solid
     assert "753 GDSC bulk lines and" in describe_model("crizotinib", 753, 53, 0)
+    assert "753 GDSC bulk lines (skin left out)" in describe_model("crizotinib", 753, 53, 0, ("skin",))
