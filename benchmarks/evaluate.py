@@ -43,6 +43,7 @@ from scdr.scoring.card import read_card, write_card
 from scdr.training.data import load_single_cell
 from scdr.training.drugs import DRUGS, DrugSpec
 from scdr.training.ensemble import StudentConfig, fit_calibrated
+from scdr.training.knowledge import target_node
 from scdr.training.normalize import Normalization, scale_cells
 from scdr.training.panel import load_gene_ids
 from scdr.training.pipeline import Prepared, prepare
@@ -278,7 +279,8 @@ def fit_recipe(name: str, seed: int, args: dict) -> dict:
     mask = prep.mask.mask
     ensemble, student, fidelity = fit_calibrated(prep.bulk_x, prep.y, prep.cells_x, mask, config,
                                                  args["members"],
-                                                 StudentConfig(epochs=args["student_epochs"]))  # fmt: skip
+                                                 StudentConfig(epochs=args["student_epochs"]),
+                                                 anchor_node=target_node(prep.mask.names))  # fmt: skip
     prob = predict(student, prep.cells_x)["probability"]
     teacher = 1.0 / (1.0 + np.exp(-ensemble.calibration.apply(ensemble.logit(prep.cells_x))))
     return {"method": name, "seed": seed, "score": prob, "teacher": teacher,

@@ -86,6 +86,7 @@ def fit_ensemble(
     config: TrainConfig,
     members: int = DEFAULT_MEMBERS,
     log: Logger | None = None,
+    anchor_node: int | None = None,
 ) -> Ensemble:
     """Cross-fit `members` networks over stratified folds of the bulk lines; calibrate on their OOF."""
     if members < 2:
@@ -97,7 +98,7 @@ def fit_ensemble(
     nets, per_fold = [], []
     for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
         member_config = replace(config, seed=config.seed * 1000 + k)
-        result = fit(bulk_x[train], y[train], cells_x, mask, member_config)
+        result = fit(bulk_x[train], y[train], cells_x, mask, member_config, anchor_node=anchor_node)
         nets.append(result.module)
         oof[test] = predict(result.module, bulk_x[test])["logit"]
         fold[test] = k
@@ -184,8 +185,11 @@ def distill(
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     module = ScdrModule(mask, config.hidden, config.head_hidden, opts.dropout, domain_hidden=0,
-                        input_dropout=opts.dropout)  # fmt: skip
+                        input_dropout=opts.dropout, anchor_node=ensemble.members[0].anchor_node)  # fmt: skip
     teachers = [m.cpu().eval() for m in ensemble.members]
+    if module.anchor_node is not None:  # start at the members' mean anchor weight
+        with torch.no_grad():
+            module.anchor_raw.copy_(torch.stack([t.anchor_raw for t in teachers]).mean())
     xb = torch.as_tensor(bulk_x, dtype=torch.float32)
     xc = torch.as_tensor(cells_x, dtype=torch.float32)
     x_all = torch.cat([xb, xc])
@@ -242,13 +246,15 @@ def fit_calibrated(
     members: int = DEFAULT_MEMBERS,
     student: StudentConfig | None = None,
     log: Logger | None = None,
+    anchor_node: int | None = None,
 ) -> tuple[Ensemble, ScdrModule, dict]:
     """The whole recipe: cross-fitted ensemble, distilled student with the calibration folded in.
 
-    Returns the ensemble (its CV and calibration), the network a bundle holds, and its fidelity."""
+    Returns the ensemble (its CV and calibration), the network a bundle holds (plain layers: an
+    anchored student is rewritten by `ScdrModule.plain`), and its fidelity."""
     say = log or (lambda _msg: None)
     say(f"cross-fitting {members} members over stratified folds of the bulk lines")
-    ensemble = fit_ensemble(bulk_x, y, cells_x, mask, config, members, log=log)
+    ensemble = fit_ensemble(bulk_x, y, cells_x, mask, config, members, log=log, anchor_node=anchor_node)
     cv, cal = ensemble.cv, ensemble.calibration
     say(f"out-of-fold AUROC {cv['auroc_mean']:.3f} +- {cv['auroc_sd']:.3f}, "
         f"AUPR {cv['aupr_mean']:.3f} +- {cv['aupr_sd']:.3f}; Platt slope {cal.slope:.3f} "
@@ -257,7 +263,9 @@ def fit_calibrated(
     module, fidelity = distill(ensemble, bulk_x, cells_x, mask, config, student, log=log)
     say(f"student fidelity to the ensemble: r = {fidelity['bulk']['pearson_r']:.4f} on bulk, "
         f"{fidelity['cells']['pearson_r']:.4f} on cells")  # fmt: skip
-    return ensemble, fold_calibration(module, cal), fidelity
+    if module.anchor_node is not None:
+        say(f"student anchor weight on the target node: {module.anchor_weight().item():.3f}")
+    return ensemble, fold_calibration(module.plain(), cal), fidelity
 
 
 def fold_calibration(module: ScdrModule, calibration: Calibration) -> ScdrModule:

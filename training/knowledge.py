@@ -193,6 +193,11 @@ def target_node_name(targets: tuple[str, ...] | list[str]) -> str:
     return TARGET_PREFIX + ", ".join(targets)
 
 
+def target_node(names: list[str]) -> int | None:
+    """Index of the target node among pathway-layer names, or None when the drug has none."""
+    return next((i for i, name in enumerate(names) if name.startswith(TARGET_PREFIX)), None)
+
+
 def card_block(drug: str, nodes_in_model: list[str]) -> dict:
     """The card's `knowledge` block: targets, mechanism, sources and the nodes the model kept."""
     row = find_knowledge(drug)

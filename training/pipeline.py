@@ -41,7 +41,7 @@ from scdr.training.genesets import (
     pathway_source,
     read_gmt,
 )
-from scdr.training.knowledge import card_block, knowledge_nodes
+from scdr.training.knowledge import card_block, knowledge_nodes, target_node
 from scdr.training.normalize import (
     Normalization,
     gene_stats,
@@ -131,7 +131,8 @@ def train_bundle(
     data = prepared if prepared is not None else prepare(inputs, log)
     say = log or (lambda _msg: None)
     ensemble, module, fidelity = fit_calibrated(
-        data.bulk_x, data.y, data.cells_x, data.mask.mask, config, members, log=say
+        data.bulk_x, data.y, data.cells_x, data.mask.mask, config, members, log=say,
+        anchor_node=target_node(data.mask.names),
     )
     bulk_out = predict(module, data.bulk_x)
     cell_pathways = predict(module, data.cells_x)["pathways"]

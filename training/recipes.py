@@ -61,10 +61,18 @@ CANDIDATES: tuple[Recipe, ...] = (
     Recipe("K-adv-rank-solid", "K-adv on within-profile ranks, solid-tumour lines only",
            {"alignment": "adversarial"}, knowledge_only=True, rank=True,
            exclude_tissues=BLOOD_TISSUES),
+    # round 3: the logit anchored on the drug's target node (ScdrModule.anchor_node)
+    Recipe("F-adv-solid-anchor", "F-adv-solid with the target node fixed to the mean of the "
+           "target genes and added to the logit with a learned non-negative weight",
+           {"alignment": "adversarial", "anchor": True}, exclude_tissues=BLOOD_TISSUES),
+    Recipe("K-adv-solid-anchor", "K-adv-solid with the same target anchor",
+           {"alignment": "adversarial", "anchor": True}, knowledge_only=True,
+           exclude_tissues=BLOOD_TISSUES),
 )  # fmt: skip
 ROUNDS: dict[int, tuple[str, ...]] = {
     1: ("K-none", "K-adv", "F-none", "F-mmd", "F-adv", "F-adv-linear", "D-adv"),
     2: ("K-adv", "K-adv-solid", "F-adv-solid", "K-adv-rank", "K-adv-rank-solid"),
+    3: ("F-adv-solid", "K-adv-solid-anchor", "F-adv-solid-anchor"),
 }
 # Selected by the protocol's rule, round 2 (benchmarks/results/evaluation_round2.md): best mean
 # pooled AUROC over the five labelled drugs, 0.774 (K-adv 0.760, K-adv-solid 0.749, K-adv-rank

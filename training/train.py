@@ -57,6 +57,7 @@ class TrainConfig:
     critic_lr_scale: float = 10.0  # the domain classifier's Adam lr, relative to lr
     critic_steps: int = 5  # domain-classifier updates per training step, before the encoder's
     align_warmup: int = 10  # epochs over which the reversal strength ramps to 1 (DANN schedule)
+    anchor: bool = False  # anchor the logit on the drug's target node (ScdrModule.anchor_node)
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
@@ -90,8 +91,11 @@ def fit(
     config: TrainConfig,
     val_index: np.ndarray | None = None,
     log: Logger | None = None,
+    anchor_node: int | None = None,
 ) -> FitResult:
-    """Train on bulk lines (labels y) and unlabelled cells; early-stop on a bulk validation split."""
+    """Train on bulk lines (labels y) and unlabelled cells; early-stop on a bulk validation split.
+
+    `anchor_node` (the target node's column of `mask`) is used when `config.anchor` is set."""
     if config.alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {config.alignment!r}")
     started = time.perf_counter()
@@ -109,7 +113,10 @@ def fit(
         config.dropout,
         domain_hidden=config.domain_hidden,
         input_dropout=config.input_dropout,
+        anchor_node=anchor_node if config.anchor else None,
     ).to(device)
+    if module.anchor_node is not None:
+        init_anchor(module, bulk_x[train_index], y[train_index])
     critic = list(module.domain_classifier.parameters())
     critic_ids = {id(p) for p in critic}
     optimizer = torch.optim.AdamW(
@@ -180,6 +187,16 @@ def fit(
         seconds=time.perf_counter() - started,
         history=history,
     )
+
+
+def init_anchor(module: ScdrModule, bulk_x: np.ndarray, y: np.ndarray) -> None:
+    """Start the anchor weight at a class-balanced logistic regression of the labels on the target
+    node alone (floored at 0.05), so that its strength is learned from bulk, not set by an init."""
+    target = (bulk_x @ module.anchor_genes.cpu().numpy()).reshape(-1, 1)
+    model = LogisticRegression(class_weight="balanced", max_iter=1000).fit(target, y.astype(int))
+    weight = max(float(model.coef_[0, 0]), 0.05)
+    with torch.no_grad():
+        module.anchor_raw.fill_(math.log(math.expm1(weight)))  # softplus inverse
 
 
 def domain_mixing_auroc(bulk_z: np.ndarray, cell_z: np.ndarray, seed: int = 0) -> float:

@@ -6,19 +6,22 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from scdr.training.ensemble import (
     Calibration,
     StudentConfig,
     distill,
+    fit_calibrated,
     fit_ensemble,
     fold_calibration,
     platt,
     reliability,
 )
 from scdr.training.export import build_head_graph, build_model_graph
-from scdr.training.train import TrainConfig, predict
+from scdr.training.module import ScdrModule
+from scdr.training.train import TrainConfig, init_anchor, predict
 
 FAST = TrainConfig(epochs=30, patience=0, hidden=16, head_hidden=8, alignment="none", lr=3e-3,
                    dropout=0.1, input_dropout=0.1, threads=1)
@@ -106,3 +109,70 @@ def test_ensemble_training_is_deterministic_for_a_seed():
     b = fit_ensemble(bulk, y, cells, mask, FAST, members=2)
     np.testing.assert_array_equal(a.oof_logit, b.oof_logit)
     assert a.calibration.slope == b.calibration.slope
+
+
+ANCHORED = TrainConfig(epochs=30, patience=0, hidden=16, head_hidden=8, alignment="none", lr=3e-3,
+                       dropout=0.1, input_dropout=0.1, threads=1, anchor=True)
+
+
+@pytest.mark.parametrize("head_hidden", [8, 0])
+def test_an_anchored_network_exports_as_plain_layers_computing_the_same_logit(head_hidden):
+    _, _, cells, mask = _synthetic(3)
+    mask[:, 0] = False
+    mask[:3, 0] = True  # node 0 = the 'target genes' 0..2
+    module = ScdrModule(mask, hidden=16, head_hidden=head_hidden, anchor_node=0).eval()
+    with torch.no_grad():
+        module.anchor_raw.fill_(-0.4)
+    x = torch.as_tensor(cells)
+    with torch.no_grad():
+        pathways = module.encode(x)
+        logit = module.response_logit(pathways)
+        # the node is the target genes' mean, and it reaches the logit with weight softplus(raw) > 0
+        np.testing.assert_allclose(pathways[:, 0], cells[:, :3].mean(axis=1), atol=1e-6)
+        extra = logit - module.head(pathways).squeeze(-1)
+        weight = float(np.log1p(np.exp(-0.4)))
+        np.testing.assert_allclose(extra, weight * pathways[:, 0], atol=1e-5)
+    plain = module.plain()
+    assert plain.anchor_node is None and plain.encoder[1].out_features == 18
+    cpu = ["CPUExecutionProvider"]
+    graph = ort.InferenceSession(build_model_graph(plain).SerializeToString(), providers=cpu)
+    head = ort.InferenceSession(build_head_graph(plain).SerializeToString(), providers=cpu)
+    _, onnx_logit, onnx_pathways = graph.run(None, {"expression": cells})
+    np.testing.assert_allclose(onnx_pathways, pathways.numpy(), atol=1e-5)
+    np.testing.assert_allclose(onnx_logit, logit.numpy(), atol=1e-5)
+    np.testing.assert_allclose(head.run(None, {"pathways": onnx_pathways})[0], onnx_logit, atol=1e-5)
+
+
+def test_the_anchor_starts_at_the_bulk_logistic_weight_and_never_turns_negative():
+    rng = np.random.default_rng(4)
+    mask = np.zeros((20, 3), bool)
+    mask[:2, 0] = True
+    mask[2:, 1:] = True
+    x = rng.standard_normal((400, 20)).astype(np.float32)
+    target = x[:, :2].mean(axis=1)
+    for sign in (1.0, -1.0):
+        y = (sign * target + rng.normal(0, 0.3, 400) > 0).astype(np.float32)
+        module = ScdrModule(mask, hidden=8, head_hidden=4, anchor_node=0)
+        init_anchor(module, x, y)
+        expected = LogisticRegression(class_weight="balanced", max_iter=1000).fit(target[:, None], y)
+        weight = module.anchor_weight().item()
+        if sign > 0:
+            assert weight == pytest.approx(expected.coef_[0, 0], rel=1e-4) and weight > 2
+        else:
+            assert weight == pytest.approx(0.05, rel=1e-4)  # floored: the target never lowers the logit
+
+
+def test_an_anchored_ensemble_distils_into_an_anchored_student_and_ships_plain():
+    bulk, y, cells, mask = _synthetic(5)
+    mask[:, 0] = False
+    mask[:5, 0] = True  # the label genes are the target node
+    ens, student, fidelity = fit_calibrated(bulk, y, cells, mask, ANCHORED, members=3,
+                                            student=StudentConfig(epochs=20), anchor_node=0)  # fmt: skip
+    assert all(m.anchor_node == 0 and m.anchor_weight().item() > 0.05 for m in ens.members)
+    assert student.anchor_node is None  # shipped as plain layers, calibration folded in
+    assert fidelity["bulk"]["pearson_r"] > 0.9
+    calibrated = ens.calibration.apply(ens.logit(bulk))
+    assert np.corrcoef(predict(student, bulk)["logit"], calibrated)[0, 1] > 0.9
+    # without the recipe switch the same call trains plain members
+    plain = fit_ensemble(bulk, y, cells, mask, FAST, members=2, anchor_node=0)
+    assert all(m.anchor_node is None for m in plain.members)

@@ -17,6 +17,7 @@ from scdr.training.knowledge import (
     TARGET_PREFIX,
     find_knowledge,
     knowledge_nodes,
+    target_node,
     target_node_name,
 )
 
@@ -76,3 +77,5 @@ def test_shipped_card_lists_its_knowledge_nodes_first_in_the_pathway_layer(spec)
     assert card["pathways"]["names"][: len(nodes)] == nodes
     assert all(n.startswith((TARGET_PREFIX, KNOWLEDGE_PREFIX)) for n in nodes)
     assert card["calibration"]["method"].startswith("Platt")
+    has_target = any(n.startswith(TARGET_PREFIX) for n in nodes)
+    assert target_node(card["pathways"]["names"]) == (0 if has_target else None)

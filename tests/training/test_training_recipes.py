@@ -64,6 +64,8 @@ def test_rounds_name_known_recipes_in_order() -> None:
     assert ROUNDS[2][0] == "K-adv"  # the incumbent is trained again beside the new candidates
     assert find_recipe("K-adv-rank-solid").rank
     assert find_recipe("K-adv-solid").exclude_tissues == BLOOD_TISSUES
+    assert ROUNDS[3][0] == "F-adv-solid"  # round 2's selection, beside the anchored candidates
+    assert all(find_recipe(n).train_config().anchor for n in ROUNDS[3][1:])
 
 
 def test_lines_of_tissues(tmp_path: Path) -> None:
