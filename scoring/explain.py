@@ -167,10 +167,8 @@ class IntegratedGradients:
         per_call = max(1, _BATCH_VALUES // (2 * d * d))
         for lo in range(0, n, per_call):
             block = points[lo : lo + per_call]
-            shifted = np.repeat(block, 2 * d, axis=0)
-            for j in range(d):
-                shifted[2 * j :: 2 * d, j] += np.float32(self.h)
-                shifted[2 * j + 1 :: 2 * d, j] -= np.float32(self.h)
+            shifted = np.empty((2 * d * len(block), d), np.float32)
+            _shifted_points(block, np.float32(self.h), shifted)
             f = self._logit(shifted).astype(np.float64).reshape(len(block), d, 2)
             out[lo : lo + per_call] = (f[:, :, 0] - f[:, :, 1]) / (2 * self.h)
         return out
@@ -198,6 +196,21 @@ def _path_points(x, baseline, alphas, out):  # pragma: no cover
             a = alphas[k]
             for i in range(d):
                 out[c * m + k, i] = baseline[i] + a * (x[c, i] - baseline[i])
+
+
+@numba.njit(parallel=True, cache=True)
+def _shifted_points(points, h, out):  # pragma: no cover
+    """Rows 2 d p + 2 j and 2 d p + 2 j + 1 of ``out``: point p with feature j moved by +h and -h
+    (float32, as numpy's in-place add and subtract would)."""
+    n, d = points.shape
+    for p in numba.prange(n):
+        for j in range(d):
+            r = (p * d + j) * 2
+            for i in range(d):
+                out[r, i] = points[p, i]
+                out[r + 1, i] = points[p, i]
+            out[r, j] = points[p, j] + h
+            out[r + 1, j] = points[p, j] - h
 
 
 @numba.njit(parallel=True, cache=True)

@@ -66,7 +66,21 @@ def normalize_chunk(
     return out, status
 
 
+_GRIDS: dict[int, tuple[Normalization, int, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+
+
 def _stats_grid(recipe: Normalization, n_panel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_affine_grid`` of a recipe, worked out once per recipe rather than once per chunk (the
+    recipe is kept with its grid, so its id cannot be reused while the entry exists)."""
+    hit = _GRIDS.get(id(recipe))
+    if hit is None or hit[0] is not recipe or hit[1] != n_panel:
+        if len(_GRIDS) >= 16:
+            _GRIDS.clear()
+        hit = _GRIDS[id(recipe)] = (recipe, n_panel, _affine_grid(recipe, n_panel))
+    return hit[2]
+
+
+def _affine_grid(recipe: Normalization, n_panel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Step 5 as a grid over detection rate of affines ``z = y * a + b`` (a = 1/SD, b = -mean/SD):
     the card's depth rows, or its one row of gene statistics (identity without) at rate 0."""
     if recipe.depth_rate is not None:

@@ -1,5 +1,6 @@
 """The Numba normaliser agrees with the numpy reference of the contract, on real cells."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -146,3 +147,22 @@ def test_bad_depth_statistics_refuse_the_bundle(bundle_dir, tmp_path, edit, word
     (folder / "card.json").write_text(json.dumps(card))
     with pytest.raises(BundleError, match=words):
         load_bundle(folder)
+
+
+def test_each_recipe_is_normalised_with_its_own_statistics_when_two_alternate(example_counts, bundle_dir):
+    """The per-recipe grid is worked out once: two bundles' recipes scored chunk after chunk
+    (as one pass with several models does) must each keep their own statistics."""
+    m, var, _ = example_counts
+    bundle = load_bundle(bundle_dir)
+    match = match_genes(var, bundle.symbols, bundle.ensembl_ids)
+    one = bundle.normalization
+    other = dataclasses.replace(one, gene_mean=None, gene_std=None, depth_rate=None,
+                                depth_mean=None, depth_std=None)  # identity gene statistics
+    first_one, _ = _run(m, match.gene_map, match.present, one)
+    first_other, _ = _run(m, match.gene_map, match.present, other)
+    assert not np.allclose(first_one, first_other)
+    for _ in range(2):
+        again_one, _ = _run(m, match.gene_map, match.present, one)
+        again_other, _ = _run(m, match.gene_map, match.present, other)
+        np.testing.assert_array_equal(again_one, first_one)
+        np.testing.assert_array_equal(again_other, first_other)
