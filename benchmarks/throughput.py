@@ -404,6 +404,11 @@ def stage_scdr(path: Path, bundle: Path, extra: tuple[str, ...] = ()) -> dict:
     return {"cells": n, "seconds": seconds}
 
 
+def stage_pathways(path: Path, bundle: Path) -> dict:
+    """scdr-score --pathways (every latent pathway activity written as a column)."""
+    return stage_scdr(path, bundle, ("--pathways",))
+
+
 def stage_explain(path: Path, bundle: Path) -> dict:
     """scdr-score --explain (pathway level, default steps and rule)."""
     return stage_scdr(path, bundle, ("--explain",))
@@ -480,7 +485,8 @@ def stage_celltypist(path: Path, bundle: Path) -> dict:
 
 
 WHOLE_FILE_STAGES = {"peer", "celltypist"}  # load the file whole: skipped where it cannot fit
-DEVICE_STAGES = {"forward", "sequential", "overlapped", "scdr", "explain", "dask1", "dask2"}
+DEVICE_STAGES = {"forward", "sequential", "overlapped", "scdr", "pathways", "explain", "dask1",
+                 "dask2"}
 STAGES = {
     "io": stage_io,
     "io_parallel": stage_io_parallel,
@@ -490,6 +496,7 @@ STAGES = {
     "normalize": _stage_of("normalize"),
     "forward": _stage_of("forward"),
     "scdr": stage_scdr,
+    "pathways": stage_pathways,
     "explain": stage_explain,
     "dask1": stage_dask1,
     "dask2": stage_dask2,

@@ -21,8 +21,8 @@ import numpy as np
 
 from scdr.scoring.atomic import publish, publish_text
 from scdr.scoring.errors import OutputError
+from scdr.scoring.numbers import FLOAT_FORMAT, format_column, format_rows
 
-FLOAT_FORMAT = "%.6g"
 STDOUT = "-"
 GZIP_LEVEL = 6
 
@@ -154,19 +154,26 @@ class TableWriter:
         if self.format.parquet:
             self._write_parquet(res)
             return
-        columns = [res.cell_ids, [FLOAT_FORMAT % p for p in res.probability.tolist()],
+        columns = [res.cell_ids, format_column(res.probability),
                    res.label.tolist(), ["true" if z else "false" for z in res.zero_counts.tolist()]]
         if self.explain:
             gaps = res.ig_gap.astype(np.float64)
             self.worst_gap = max(self.worst_gap, float(gaps.max(initial=0.0)))
             self.gap_sum += float(gaps.sum())
-            columns += [res.top_pathways, [FLOAT_FORMAT % g for g in gaps.tolist()]]
+            columns += [res.top_pathways, format_column(res.ig_gap)]
         self.n_rows += len(res.cell_ids)
-        rows = zip(*columns)
-        if self.pathway_names is not None:
-            path_strs = np.char.mod(FLOAT_FORMAT, res.pathways).tolist()
-            rows = ([*row, *p] for row, p in zip(rows, path_strs))
-        self._writer.writerows(rows)
+        if self.pathway_names is None:
+            self._writer.writerows(zip(*columns))
+            return
+        rows = list(zip(*columns))
+        tails = format_rows(res.pathways, self.delimiter)
+        buf = io.StringIO()
+        csv.writer(buf, delimiter=self.delimiter, lineterminator="\n").writerows(rows)
+        heads = buf.getvalue().split("\n")
+        if len(heads) != len(rows) + 1:  # a quoted cell id holds a line break: row by row
+            self._writer.writerows([*row, *tail.split(self.delimiter)] for row, tail in zip(rows, tails))
+            return
+        self._tmp.write("".join(f"{head}{self.delimiter}{tail}\n" for head, tail in zip(heads, tails)))
 
     def _write_parquet(self, res: Any) -> None:
         """Append one chunk as a Parquet row group (float32 values as computed, not rounded)."""
