@@ -2,9 +2,10 @@
 
 Every recipe shares the same frame (knowledge nodes in the pathway layer, a 5-member cross-fitted
 ensemble, Platt calibration on its out-of-fold bulk logits, one distilled network exported);
-they differ in domain alignment, panel, head, training lines and input scale. `ROUNDS` lists the
-candidates of each round of `benchmarks/protocol.md` in order of simplicity; the protocol fixes the
-list, the seeds and the one selection rule before any candidate is scored on plate labels.
+they differ in domain alignment, panel, head, training lines, input scale and the target anchor.
+`ROUNDS` lists the candidates of each round of `benchmarks/protocol.md` in order of simplicity; the
+protocol fixes the list, the seeds and the one selection rule before any candidate is scored on
+plate labels.
 `benchmarks/evaluate.py --round N` runs a round and `SHIPPED` names the recipe the rule selected.
 """
 
