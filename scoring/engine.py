@@ -474,13 +474,43 @@ def _top_pathways(attr: np.ndarray, sensitive: np.ndarray, names: list[str]) -> 
     its top ``TOP_PATHWAYS``; the strings are joined column by column over the whole chunk."""
     signed = np.where(sensitive[:, None], attr, -attr)
     k = min(TOP_PATHWAYS, attr.shape[1])
-    order = np.argsort(-signed, axis=1, kind="stable")[:, :k]
+    order = top_k_stable(signed, k)
     pushing = np.take_along_axis(signed, order, axis=1) > 0
     labels = np.asarray(names, dtype=object)[order]
     out = np.where(pushing[:, 0], labels[:, 0], "")
     for j in range(1, k):
         out = np.where(pushing[:, j], out + ";" + labels[:, j], out)
     return out.tolist()
+
+def top_k_stable(values: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the columns of the ``k`` largest values, largest first, ties to the lower column:
+    ``np.argsort(-values, axis=1, kind="stable")[:, :k]`` without sorting every row."""
+    values = np.ascontiguousarray(values)
+    order = np.empty((values.shape[0], k), np.int64)
+    if k > 0 and values.shape[0]:
+        _top_k_rows(values, order)
+    return order
+
+
+@numba.njit(parallel=True, cache=True)
+def _top_k_rows(values, order):  # pragma: no cover
+    n, d = values.shape
+    k = order.shape[1]
+    for i in numba.prange(n):
+        filled = 0
+        for j in range(d):
+            v = values[i, j]
+            if filled == k and not v > values[i, order[i, k - 1]]:
+                continue  # not above the k-th: an equal value keeps the earlier column
+            pos = filled if filled < k else k - 1
+            while pos > 0 and v > values[i, order[i, pos - 1]]:
+                if pos < k:
+                    order[i, pos] = order[i, pos - 1]
+                pos -= 1
+            order[i, pos] = j
+            if filled < k:
+                filled += 1
+
 
 def _explain_attrs(run: ModelRun, explain: ExplainSettings) -> dict[str, Any]:
     ig = run.explainer

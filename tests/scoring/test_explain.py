@@ -188,3 +188,20 @@ def test_top_pathways_name_those_pushing_towards_each_call_strongest_first():
         order = np.argsort(-signed, kind="stable")[:TOP_PATHWAYS]
         assert got[i] == ";".join(names[j] for j in order if signed[j] > 0)
     assert got[:20] == [""] * 20
+
+
+def test_top_pathways_are_chosen_as_a_stable_sort_would_choose_them():
+    """The top-k kernel behind ``top_pathways`` keeps argsort's order, ties to the lower column."""
+    from scdr.scoring.engine import top_k_stable
+
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        n, d = int(rng.integers(1, 40)), int(rng.integers(1, 60))
+        if trial % 2:  # many ties, signed zeros among them
+            values = rng.integers(-2, 3, (n, d)).astype(np.float32)
+            values[values == 0] = np.where(rng.random(int((values == 0).sum())) < 0.5, -0.0, 0.0)
+        else:
+            values = rng.standard_normal((n, d)).astype(np.float32)
+        for k in range(min(d, 4) + 1):
+            want = np.argsort(-values, axis=1, kind="stable")[:, :k]
+            np.testing.assert_array_equal(top_k_stable(values, k), want)
