@@ -11,6 +11,7 @@ import csv
 import gzip
 import io
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -115,6 +116,8 @@ class TableWriter:
         self.header = header
         self.format = table_format(path) if delimiter is None else TableFormat(delimiter)
         self.delimiter = self.format.delimiter
+        self._special = re.compile(f'[{re.escape(self.delimiter)}"\r\n]')  # what csv quotes
+        self._quoted: dict[str, str] = {}
         self.worst_gap = 0.0
         self.gap_sum = 0.0
         self.n_rows = 0
@@ -162,18 +165,40 @@ class TableWriter:
             self.gap_sum += float(gaps.sum())
             columns += [res.top_pathways, format_column(res.ig_gap)]
         self.n_rows += len(res.cell_ids)
-        if self.pathway_names is None:
-            self._writer.writerows(zip(*columns))
+        tails = format_rows(res.pathways, self.delimiter) if self.pathway_names is not None else None
+        if not self._plain(res.cell_ids):  # a cell id the csv module must quote: it writes them
+            rows = zip(*columns) if tails is None else \
+                ([*row, *tail.split(self.delimiter)] for row, tail in zip(zip(*columns), tails))
+            self._writer.writerows(rows)
             return
-        rows = list(zip(*columns))
-        tails = format_rows(res.pathways, self.delimiter)
-        buf = io.StringIO()
-        csv.writer(buf, delimiter=self.delimiter, lineterminator="\n").writerows(rows)
-        heads = buf.getvalue().split("\n")
-        if len(heads) != len(rows) + 1:  # a quoted cell id holds a line break: row by row
-            self._writer.writerows([*row, *tail.split(self.delimiter)] for row, tail in zip(rows, tails))
-            return
-        self._tmp.write("".join(f"{head}{self.delimiter}{tail}\n" for head, tail in zip(heads, tails)))
+        if self.explain:
+            columns[4] = [self._field(t) for t in columns[4]]
+        if tails is not None:
+            columns.append(tails)
+        lines = [self.delimiter.join(row) for row in zip(*columns)]
+        if lines:
+            self._tmp.write("\n".join(lines) + "\n")
+
+    def _plain(self, ids: Any) -> bool:
+        """Whether every cell id is a string the csv module would write as it is."""
+        try:
+            return self._special.search("".join(ids)) is None
+        except TypeError:  # not strings: the csv module formats them
+            return False
+
+    def _field(self, text: str) -> str:
+        """``text`` as the csv module writes it in a row (quoted where it must be), remembered:
+        the top-pathway strings of a run repeat."""
+        quoted = self._quoted.get(text)
+        if quoted is None:
+            quoted = text
+            if self._special.search(text):
+                buf = io.StringIO()
+                csv.writer(buf, delimiter=self.delimiter, lineterminator="\n").writerow([text])
+                quoted = buf.getvalue()[:-1]
+            if len(self._quoted) < 100_000:
+                self._quoted[text] = quoted
+        return quoted
 
     def _write_parquet(self, res: Any) -> None:
         """Append one chunk as a Parquet row group (float32 values as computed, not rounded)."""

@@ -79,3 +79,33 @@ def test_a_table_with_pathways_keeps_awkward_cell_ids_intact(tmp_path: Path):
                 ref.writerow([chunk_ids[i], FLOAT_FORMAT % float(part.probability[i]), part.label[i],
                               "false", *(FLOAT_FORMAT % float(v) for v in pathways[i])])  # fmt: skip
             assert out.read_text(encoding="utf-8") == want.getvalue()
+
+
+@pytest.mark.parametrize("suffix, delimiter", [(".csv", ","), (".tsv", "\t")])
+@pytest.mark.parametrize("pathways", [False, True])
+def test_explain_tables_quote_top_pathways_as_the_csv_module_does(tmp_path: Path, suffix, delimiter,
+                                                                   pathways):
+    rng = np.random.default_rng(10)
+    names = ["TARGET: EGFR, ERBB2", 'odd "quoted" set', "tab\there", "HALLMARK_P53_PATHWAY"]
+    for ids in (["c1", "c2", "c3", "c4", "c5"], ["c1", "c,2", 'c"3', "c4", "c5"]):
+        top = [";".join(names[:2]), "", names[2], names[3], ";".join(names[1:])]
+        res = SimpleNamespace(cell_ids=ids, probability=rng.random(5).astype(np.float32),
+                              label=np.array(["resistant"] * 5), zero_counts=np.zeros(5, bool),
+                              pathways=rng.standard_normal((5, 2)).astype(np.float32),
+                              top_pathways=top, ig_gap=rng.random(5).astype(np.float32))  # fmt: skip
+        out = tmp_path / f"e{len(ids[1])}{pathways}{suffix}"
+        writer = TableWriter(out, ["a", "b"] if pathways else None, explain=True)
+        writer.open()
+        writer.write(res)
+        writer.write(res)  # the second chunk's strings come from the remembered ones
+        writer.commit()
+        want = io.StringIO()
+        ref = csv.writer(want, delimiter=delimiter, lineterminator="\n")
+        header = ["cell_id", "probability", "label", "zero_counts", "top_pathways", "ig_gap"]
+        ref.writerow(header + (["pathway:a", "pathway:b"] if pathways else []))
+        for _ in range(2):
+            for i in range(5):
+                extra = [FLOAT_FORMAT % float(v) for v in res.pathways[i]] if pathways else []
+                ref.writerow([ids[i], FLOAT_FORMAT % float(res.probability[i]), "resistant", "false",
+                              top[i], FLOAT_FORMAT % float(res.ig_gap[i]), *extra])  # fmt: skip
+        assert out.read_text(encoding="utf-8") == want.getvalue()
