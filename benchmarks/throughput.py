@@ -71,7 +71,7 @@ def main(cells: str, density: str, compress: bool, drug: str, model: Path | None
         path = _ensure_file(data_dir, n, density, compress)
         _warm(path)
         names = ["io", *(["io_parallel"] if compress else []), "read", "normalize", "forward",
-                 "sequential", "overlapped", "scdr", "explain"]
+                 "sequential", "overlapped", "scdr", "pathways", "explain"]
         if dask and not quick:
             names += ["dask1", "dask2"]
         if peers and not quick:

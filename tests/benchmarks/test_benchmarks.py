@@ -18,7 +18,7 @@ def test_throughput_quick_mode_writes_the_table(tmp_path, bundle_dir):
     rows = json.loads(out.read_text())["rows"]
     stages = [r["stage"] for r in rows]
     assert stages == ["io", "read", "normalize", "forward", "sequential", "overlapped", "scdr",
-                      "explain"]
+                      "pathways", "explain"]
     assert all("error" not in r and r["cells"] == 2000 and r["cells_per_s"] > 0 for r in rows)
     assert all(r["peak_rss_mb"] > 10 for r in rows)
     with out.with_suffix(".csv").open() as fh:
