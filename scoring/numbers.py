@@ -1,7 +1,7 @@
 """Float columns as text, byte for byte what ``"%.6g" % float(value)`` writes, at Numba speed.
 
-Formatting the pathway columns one Python float at a time cost five times the whole scoring of a
-cell (``--pathways``: 55 values a row). The kernel here rounds each value to 6 significant digits
+Formatting the pathway columns one Python float at a time cost three to four times the whole
+scoring of a cell (``--pathways``: 55 values a row). The kernel here rounds each value to 6 significant digits
 in float64 arithmetic, whose error (a few 1e-10 of the scaled value) can only matter when the
 exact value lies within 1e-6 of a rounding tie; such values are flagged and their row is written
 by Python's own formatting instead, so the text never differs from ``"%.6g"``.
