@@ -12,9 +12,10 @@ masked weights are exactly zero by construction, whatever the optimiser does.
 
 An anchored module (`anchor_node` = the drug's target node) fixes that node's activity to the mean
 of its member genes' inputs and adds it to the logit with a learned non-negative weight: the
-drug's target expression, the one signal known to transfer from bulk lines to cells, gets a path
-the rest of the network cannot bend. `plain()` rewrites it exactly as an unanchored module (two
-more hidden units in the encoder and in the head), which is what is exported.
+drug's target expression, which on cells outranks most bulk-learned signals (the marker baseline),
+gets a path the rest of the network cannot bend (an evaluated candidate, not shipped). `plain()`
+rewrites it exactly as an unanchored module (two more hidden units in the encoder and in the
+head), which is what is exported.
 """
 
 from __future__ import annotations
