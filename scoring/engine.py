@@ -482,6 +482,7 @@ def _top_pathways(attr: np.ndarray, sensitive: np.ndarray, names: list[str]) -> 
         out = np.where(pushing[:, j], out + ";" + labels[:, j], out)
     return out.tolist()
 
+
 def top_k_stable(values: np.ndarray, k: int) -> np.ndarray:
     """Per row, the columns of the ``k`` largest values, largest first, ties to the lower column:
     ``np.argsort(-values, axis=1, kind="stable")[:, :k]`` without sorting every row."""

@@ -157,22 +157,22 @@ class TableWriter:
         if self.format.parquet:
             self._write_parquet(res)
             return
+        plain = self._plain(res.cell_ids)  # else the csv module writes the chunk (quoted ids)
         columns = [res.cell_ids, format_column(res.probability),
                    res.label.tolist(), ["true" if z else "false" for z in res.zero_counts.tolist()]]
         if self.explain:
             gaps = res.ig_gap.astype(np.float64)
             self.worst_gap = max(self.worst_gap, float(gaps.max(initial=0.0)))
             self.gap_sum += float(gaps.sum())
-            columns += [res.top_pathways, format_column(res.ig_gap)]
+            top = [self._field(t) for t in res.top_pathways] if plain else res.top_pathways
+            columns += [top, format_column(res.ig_gap)]
         self.n_rows += len(res.cell_ids)
         tails = format_rows(res.pathways, self.delimiter) if self.pathway_names is not None else None
-        if not self._plain(res.cell_ids):  # a cell id the csv module must quote: it writes them
+        if not plain:
             rows = zip(*columns) if tails is None else \
                 ([*row, *tail.split(self.delimiter)] for row, tail in zip(zip(*columns), tails))
             self._writer.writerows(rows)
             return
-        if self.explain:
-            columns[4] = [self._field(t) for t in columns[4]]
         if tails is not None:
             columns.append(tails)
         lines = [self.delimiter.join(row) for row in zip(*columns)]
