@@ -314,9 +314,24 @@ def evaluate_drug(data: DrugData, args: argparse.Namespace, counts: list, gene_i
         rows.append(row)
         print(f"  {name} | {f['method']} | seed {f['seed']}: {_short(row)} ({f['fit_s']:.0f} s)",
               file=sys.stderr, flush=True)  # fmt: skip
+    for method, agreement in seed_agreement(fits).items():
+        for row in rows:
+            if row["method"] == method:
+                row["seed_agreement"] = agreement
     for r in rows:
         r["drug"] = name
     return rows
+
+
+def seed_agreement(fits: list[dict]) -> dict[str, float]:
+    """Per recipe, the mean Spearman correlation of the cells' scores between its independent
+    trainings (every pair of seeds): how far a user's result depends on the seed. No labels."""
+    out = {}
+    for method in dict.fromkeys(f["method"] for f in fits):
+        scores = [f["score"] for f in fits if f["method"] == method]
+        pairs = [spearman(a, b) for i, a in enumerate(scores) for b in scores[i + 1 :]]
+        out[method] = float(np.mean(pairs)) if pairs else np.nan
+    return out
 
 
 def baselines(data: DrugData, args: argparse.Namespace, counts: list, gene_ids, seeds: list[int]) -> list:
@@ -477,10 +492,10 @@ def _card_calls(card: dict) -> dict[str, bool]:
 
 COLUMNS = ("pooled_auroc", "pooled_aupr", "p1_auroc", "p2_auroc", "p3_auroc", "spearman",
            "bulk_cv_auroc", "bulk_cv_aupr", "frac_sensitive", "calls_agree", "fidelity_r_cells",
-           "teacher_pooled_auroc")  # fmt: skip
+           "teacher_pooled_auroc", "seed_agreement")  # fmt: skip
 HEADERS = ("pooled AUROC", "pooled AUPR", "p1 AUROC", "p2 AUROC", "p3 AUROC", "line Spearman",
            "bulk CV AUROC", "bulk CV AUPR", "cells sensitive", "line calls agree", "student r (cells)",
-           "ensemble pooled AUROC")  # fmt: skip
+           "ensemble pooled AUROC", "seed agreement (cells)")  # fmt: skip
 
 
 def summarise(rows: list[dict], names: list[str]) -> pd.DataFrame:
@@ -515,6 +530,7 @@ def mean_over_drugs(table: pd.DataFrame) -> pd.DataFrame:
                     "max_auroc_sd": labelled["pooled_auroc_sd"].max(),
                     "spearman_mean": group["spearman_mean"].mean(),
                     "calls_agree_mean": group["calls_agree_mean"].sum(min_count=1),
+                    "seed_agreement_mean": group["seed_agreement_mean"].mean(),
                     "n_drugs": int(labelled["pooled_auroc_mean"].notna().sum())})  # fmt: skip
     return pd.DataFrame(out)
 
@@ -543,14 +559,15 @@ def format_table(table: pd.DataFrame, means: pd.DataFrame, names: list[str]) -> 
         lines.append(f"| {rec['drug']} | {rec['method']} | {rec['seeds']} | "
                      + " | ".join(cell(rec, c) for c in COLUMNS) + " |")  # fmt: skip
     lines += ["", "| method | mean pooled AUROC (labelled drugs) | largest SD over seeds | "
-              "line Spearman (all drugs) | line calls agreeing (sum over drugs, mean over seeds) |",
-              "|---|---|---|---|---|"]  # fmt: skip
+              "line Spearman (all drugs) | line calls agreeing (sum over drugs, mean over seeds) | "
+              "seed agreement (cells, mean over drugs) |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for rec in means.to_dict("records"):
         def f(v: float, fmt: str = ".3f") -> str:
             return "—" if v is None or not np.isfinite(v) else format(v, fmt)
         lines.append(f"| {rec['method']} | {f(rec['pooled_auroc_mean'])} ({rec['n_drugs']}) | "
                      f"{f(rec['max_auroc_sd'])} | {f(rec['spearman_mean'])} | "
-                     f"{f(rec['calls_agree_mean'], '.1f')} |")  # fmt: skip
+                     f"{f(rec['calls_agree_mean'], '.1f')} | {f(rec['seed_agreement_mean'])} |")  # fmt: skip
     chosen = select(means, names)
     lines += ["", f"Selected by the protocol's rule: **{chosen}**" if chosen else ""]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from scdr.training.data import DEFAULT_HOLDOUT_LINES, DataError
-from scdr.training.ensemble import DEFAULT_MEMBERS
+from scdr.training.ensemble import DEFAULT_MEMBERS, split_members
 from scdr.training.export import ExportError
 from scdr.training.genesets import MAX_SET_SIZE, MIN_SET_SIZE
 from scdr.training.module import ALIGNMENTS
@@ -193,8 +193,10 @@ _DEFAULTS = TrainConfig()
     type=click.IntRange(2),
     default=DEFAULT_MEMBERS,
     show_default=True,
+    callback=lambda _ctx, _param, value: _check_members(value),
     help="Ensemble members, cross-fitted over this many stratified folds of the bulk lines "
-    "(their held-out folds are the card's bulk cross-validation and the calibration data).",
+    "(their held-out folds are the card's bulk cross-validation and the calibration data); "
+    "more than 5 must be a multiple of 5 and repeat the 5-fold split with new shuffles.",
 )
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def main(**opts: object) -> None:
@@ -233,6 +235,15 @@ def main(**opts: object) -> None:
         train_bundle(inputs, config, opts["out_dir"], int(opts["members"]), log=log, command=_command_line())
     except (DataError, ExportError, ValueError) as exc:
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
+
+
+def _check_members(value: int) -> int:
+    """`--members` as the ensemble can split it, refused up front (before any data is read)."""
+    try:
+        split_members(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _command_line() -> str:

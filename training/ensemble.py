@@ -2,6 +2,8 @@
 
     bulk lines -> K stratified folds; member k trains on the other K-1 folds (its own inner
                   split early-stops it) and predicts fold k   -> out-of-fold logit of every line
+                  (more than FOLDS members: the K-fold split is repeated with new shuffles, and a
+                  line's out-of-fold logit is the mean over the repeats)
     out-of-fold logits + labels -> Platt scaling at the real class prior (what `label` means)
     ensemble (mean of member logits) -> student of today's size, trained to match it on bulk
                   lines, target cells and mixtures of the two -> calibration folded into its head
@@ -28,6 +30,7 @@ from scdr.training.module import ScdrModule
 from scdr.training.train import Logger, TrainConfig, _metrics, configure_torch, fit, predict
 
 DEFAULT_MEMBERS = 5
+FOLDS = 5  # folds of one cross-fitting; more members repeat it with a new split
 RELIABILITY_BINS = 10
 
 
@@ -67,8 +70,8 @@ class Ensemble:
     """K cross-fitted members, their out-of-fold logits and the calibration fitted on them."""
 
     members: list[ScdrModule]
-    oof_logit: np.ndarray  # float [lines]: each line scored by the member that did not see it
-    fold: np.ndarray  # int [lines]
+    oof_logit: np.ndarray  # float [lines]: each line scored by the members that did not see it
+    fold: np.ndarray  # int [lines]: the line's fold in the first split
     calibration: Calibration
     cv: dict
     seconds: float
@@ -88,33 +91,43 @@ def fit_ensemble(
     log: Logger | None = None,
     anchor_node: int | None = None,
 ) -> Ensemble:
-    """Cross-fit `members` networks over stratified folds of the bulk lines; calibrate on their OOF."""
-    if members < 2:
-        raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+    """Cross-fit `members` networks over stratified folds of the bulk lines; calibrate on their OOF.
+
+    Up to FOLDS members are one K-fold split (K = members); more must be a multiple of FOLDS and
+    repeat the FOLDS-fold split with new shuffles, which averages out more of the seed-to-seed
+    swing that adversarial alignment leaves in each member."""
+    folds, repeats = split_members(members)
     started = time.perf_counter()
-    splitter = StratifiedKFold(n_splits=members, shuffle=True, random_state=config.seed)
-    oof = np.full(len(y), np.nan)
+    oof_runs = np.full((repeats, len(y)), np.nan)
     fold = np.full(len(y), -1)
     nets, per_fold = [], []
-    for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
-        member_config = replace(config, seed=config.seed * 1000 + k)
-        result = fit(bulk_x[train], y[train], cells_x, mask, member_config, anchor_node=anchor_node)
-        nets.append(result.module)
-        oof[test] = predict(result.module, bulk_x[test])["logit"]
-        fold[test] = k
-        metrics = _metrics(y[test], oof[test])
-        metrics["best_epoch"] = result.best_epoch
-        per_fold.append(metrics)
-        if log is not None:
-            log(f"member {k + 1}/{members}: held-out fold AUROC {metrics['auroc']:.3f} "
-                f"AUPR {metrics['aupr']:.3f} (best epoch {result.best_epoch})")  # fmt: skip
+    for r in range(repeats):
+        # repeat 0 is the split (and the member seeds) of a single cross-fitting
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=config.seed + 7919 * r)
+        for k, (train, test) in enumerate(splitter.split(np.zeros(len(y)), y)):
+            j = r * folds + k
+            member_config = replace(config, seed=config.seed * 1000 + j)
+            result = fit(bulk_x[train], y[train], cells_x, mask, member_config, anchor_node=anchor_node)
+            nets.append(result.module)
+            oof_runs[r, test] = predict(result.module, bulk_x[test])["logit"]
+            if r == 0:
+                fold[test] = k
+            metrics = _metrics(y[test], oof_runs[r, test])
+            metrics["best_epoch"] = result.best_epoch
+            per_fold.append(metrics)
+            if log is not None:
+                log(f"member {j + 1}/{members}: held-out fold AUROC {metrics['auroc']:.3f} "
+                    f"AUPR {metrics['aupr']:.3f} (best epoch {result.best_epoch})")  # fmt: skip
+    oof = oof_runs.mean(axis=0)
     calibration = platt(oof, y)
     aurocs = np.array([m["auroc"] for m in per_fold])
     auprs = np.array([m["aupr"] for m in per_fold])
     pooled = _metrics(y, oof)
     cv = {
-        "folds": members,
-        "what": "each member's held-out fold (the members are the cross-validation models)",
+        "folds": folds,
+        "repeats": repeats,
+        "what": "each member's held-out fold (the members are the cross-validation models); pooled: "
+        "each line's out-of-fold logit, averaged over the repeats",
         "auroc_mean": float(aurocs.mean()),
         "auroc_sd": float(aurocs.std(ddof=1)),
         "aupr_mean": float(auprs.mean()),
@@ -124,6 +137,18 @@ def fit_ensemble(
         "per_fold": per_fold,
     }
     return Ensemble(nets, oof, fold, calibration, cv, time.perf_counter() - started)
+
+
+def split_members(members: int) -> tuple[int, int]:
+    """(folds, repeats) of an ensemble of `members`: one split up to FOLDS, else repeats of FOLDS."""
+    if members < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+    if members <= FOLDS:
+        return members, 1
+    if members % FOLDS:
+        raise ValueError(f"more than {FOLDS} members must be a multiple of {FOLDS} (repeats of a "
+                         f"{FOLDS}-fold split), got {members}")  # fmt: skip
+    return FOLDS, members // FOLDS
 
 
 def platt(logit: np.ndarray, y: np.ndarray) -> Calibration:
@@ -253,7 +278,9 @@ def fit_calibrated(
     Returns the ensemble (its CV and calibration), the network a bundle holds (plain layers: an
     anchored student is rewritten by `ScdrModule.plain`), and its fidelity."""
     say = log or (lambda _msg: None)
-    say(f"cross-fitting {members} members over stratified folds of the bulk lines")
+    folds, repeats = split_members(members)
+    say(f"cross-fitting {members} members over {folds} stratified folds of the bulk lines"
+        + (f", {repeats} splits" if repeats > 1 else ""))
     ensemble = fit_ensemble(bulk_x, y, cells_x, mask, config, members, log=log, anchor_node=anchor_node)
     cv, cal = ensemble.cv, ensemble.calibration
     say(f"out-of-fold AUROC {cv['auroc_mean']:.3f} +- {cv['auroc_sd']:.3f}, "

@@ -56,6 +56,18 @@ def test_spearman_matches_scipy() -> None:
     assert np.isnan(evaluate.spearman(a[:2], b[:2]))
 
 
+def test_seed_agreement_is_the_mean_pairwise_spearman_of_a_recipes_trainings():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=300)
+    fits = [{"method": "A", "score": base + rng.normal(0, s, 300)} for s in (0.1, 0.2, 0.3)]
+    fits.append({"method": "B", "score": rng.normal(size=300)})
+    got = evaluate.seed_agreement(fits)
+    a = [f["score"] for f in fits[:3]]
+    want = np.mean([spearmanr(a[i], a[j]).statistic for i, j in ((0, 1), (0, 2), (1, 2))])
+    assert got["A"] == pytest.approx(want) and 0.8 < got["A"] < 1.0
+    assert np.isnan(got["B"])  # one training: nothing to agree with
+
+
 def test_z_label_rule_on_synthetic_entry() -> None:
     """With z_max the cut is the fixed z, not the quantile; held-out lines get the same cut."""
     lines = [f"L{i}" for i in range(40)] + ["HOLD"]

@@ -18,6 +18,7 @@ from scdr.training.ensemble import (
     fold_calibration,
     platt,
     reliability,
+    split_members,
 )
 from scdr.training.export import build_head_graph, build_model_graph
 from scdr.training.module import ScdrModule
@@ -78,6 +79,32 @@ def test_cross_fitted_members_give_out_of_fold_logits_for_every_line():
     np.testing.assert_allclose(ens.logit(cells), mean, atol=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         fit_ensemble(bulk, y, cells, mask, FAST, members=1)
+
+
+def test_more_members_than_folds_repeat_the_split_and_average_the_out_of_fold_logits(monkeypatch):
+    import scdr.training.ensemble as ensemble
+
+    monkeypatch.setattr(ensemble, "FOLDS", 2)
+    assert split_members(2) == (2, 1) and split_members(6) == (2, 3)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        split_members(5)
+    bulk, y, cells, mask = _synthetic(4)
+    single = fit_ensemble(bulk, y, cells, mask, FAST, members=2)
+    ens = fit_ensemble(bulk, y, cells, mask, FAST, members=4)
+    assert len(ens.members) == 4 and ens.cv["folds"] == 2 and ens.cv["repeats"] == 2
+    assert len(ens.cv["per_fold"]) == 4
+    # the first split is a single cross-fitting's (same folds, same member seeds)
+    np.testing.assert_array_equal(ens.fold, single.fold)
+    for a, b in zip(ens.members[:2], single.members, strict=True):
+        np.testing.assert_array_equal(predict(a, cells)["logit"], predict(b, cells)["logit"])
+    # every line is held out once per split; its OOF logit is the mean of those members' logits
+    logits = np.stack([predict(m, bulk)["logit"] for m in ens.members]).astype(np.float64)
+    first = np.where(ens.fold == 0, logits[0], logits[1])
+    second = 2 * ens.oof_logit - first  # the second split's member that left the line out
+    assert np.all(np.isclose(second, logits[2], atol=1e-4) | np.isclose(second, logits[3], atol=1e-4))
+    assert not np.allclose(second, first, atol=1e-4)  # the second split adds new members' views
+    assert ens.cv["pooled_auroc"] == pytest.approx(roc_auc_score(y, ens.oof_logit))
+    assert ens.calibration.n == len(y)
 
 
 def test_the_student_follows_the_ensemble_and_exports_with_the_calibration_folded_in():

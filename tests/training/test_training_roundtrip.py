@@ -228,6 +228,9 @@ def test_bad_input_is_a_one_line_click_error(tmp_path: Path):
     assert result.output.strip().startswith("Error:") and len(result.output.strip().splitlines()) == 1
     result = runner.invoke(main, [*_args(tmp_path / "z"), "--device", "tpu"])
     assert result.exit_code == 2 and "Invalid value for '--device'" in result.output
+    result = runner.invoke(main, [*_args(tmp_path / "m"), "--members", "7"])
+    assert result.exit_code == 2 and "multiple of 5" in result.output
+    assert not (tmp_path / "m").exists()
 
 
 def _normalised_plate(bundle: Path) -> tuple[dict, np.ndarray]:
