@@ -88,8 +88,10 @@ class DrugData:
 
 
 def prepared_key(recipe: Recipe) -> tuple:
-    """What of a recipe changes the prepared data: panel, input scale and training lines."""
-    return (recipe.knowledge_only, recipe.min_detection, recipe.rank, recipe.exclude_tissues)
+    """What of a recipe changes the prepared data: panel, input scale, training lines and the
+    thinned targets."""
+    return (recipe.knowledge_only, recipe.min_detection, recipe.rank, recipe.exclude_tissues,
+            recipe.depth_pairs)
 
 
 # ---------------------------------------------------------------- metrics
@@ -280,7 +282,8 @@ def fit_recipe(name: str, seed: int, args: dict) -> dict:
     ensemble, student, fidelity = fit_calibrated(prep.bulk_x, prep.y, prep.cells_x, mask, config,
                                                  args["members"],
                                                  StudentConfig(epochs=args["student_epochs"]),
-                                                 anchor_node=target_node(prep.mask.names))  # fmt: skip
+                                                 anchor_node=target_node(prep.mask.names),
+                                                 pairs=prep.pairs)  # fmt: skip
     prob = predict(student, prep.cells_x)["probability"]
     teacher = 1.0 / (1.0 + np.exp(-ensemble.calibration.apply(ensemble.logit(prep.cells_x))))
     return {"method": name, "seed": seed, "score": prob, "teacher": teacher,

@@ -75,6 +75,7 @@ def inputs_for(spec: DrugSpec, data: Path, recipe: Recipe | None = None) -> Trai
         rank=recipe.rank,
         line_info=data / "labels" / "cosmic_info.csv.gz",
         exclude_tissues=recipe.exclude_tissues,
+        depth_pairs=recipe.depth_pairs,
     )
 
 

@@ -198,6 +198,13 @@ _DEFAULTS = TrainConfig()
     "(their held-out folds are the card's bulk cross-validation and the calibration data); "
     "more than 5 must be a multiple of 5 and repeat the 5-fold split with new shuffles.",
 )
+@click.option(
+    "--depth-pairs",
+    is_flag=True,
+    help="The distilled network also learns the target cells thinned to 45% and 18% of their "
+    "detected genes, each with the ensemble's logit of the same cell at full depth (calls that "
+    "hold on shallower data; label-free).",
+)
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def main(**opts: object) -> None:
     """Train a drug-response model on GDSC bulk lines and unlabelled cells; write its bundle.
@@ -228,6 +235,7 @@ def main(**opts: object) -> None:
         min_detection=float(opts["min_detection"]),
         line_info=opts["line_info"],
         exclude_tissues=tuple(x.strip() for x in str(opts["exclude_tissues"]).split(",") if x.strip()),
+        depth_pairs=bool(opts["depth_pairs"]),
     )
     config = TrainConfig(**{k: opts[k] for k in TrainConfig.__dataclass_fields__ if k in opts})
     log = None if opts["quiet"] else stderr_logger

@@ -14,10 +14,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from scdr.training.normalize import Normalization, detection_rate, gene_stats, scale_cells
+from scdr.training.normalize import Normalization, detection_rate, gene_stats, scale_cells, standardize
 
 KEEP_FRACTIONS = (1.0, 0.5, 0.25, 0.12, 0.06, 0.03)  # of each count; 1.0 = the files as they are
 SEED = 0
+# depth pairs: each target thinned to these fractions of its cells' mean detected genes (on the
+# CEL-seq2 plates, 5,517 genes: about 2,500 and 1,000, the depths of depth_robustness.py)
+PAIR_DEPTHS = (0.45, 0.18)
+PAIR_SEED = 100  # thinning seeds PAIR_SEED, PAIR_SEED + 1, ...: not those of the depth check
 
 
 def depth_stats(
@@ -47,6 +51,50 @@ def depth_stats(
     if np.any(np.diff(np.asarray(rates)[order]) <= 0):
         raise ValueError("thinning did not lower the detection rate: targets too sparse for depth statistics")
     return np.asarray(rates)[order], np.asarray(means)[order], np.asarray(stds)[order]
+
+
+def depth_pairs(
+    counts: list[sp.spmatrix],
+    features: list[list[str]],
+    symbols: list[str],
+    ensembl_ids: list[str | None],
+    norm: Normalization,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The target cells thinned to each of ``PAIR_DEPTHS``, normalised as the scorer normalises
+    them (depth statistics at each cell's own rate), and for each thinned row the index of the
+    same cell among the targets' cells with counts (the rows of ``Prepared.cells_x``).
+
+    The student learns to give a thinned cell the ensemble's logit for the same cell at full
+    depth, so that shallower data keep the calls (label-free: only the unlabelled targets)."""
+    rows, index = [], []
+    for k, depth in enumerate(PAIR_DEPTHS):
+        rng = np.random.default_rng(PAIR_SEED + k)
+        offset = 0
+        for c, f in zip(counts, features, strict=True):
+            c = sp.csr_matrix(c)
+            has_counts = np.asarray(c.sum(axis=1)).ravel() != 0  # scale_cells' zero, negated
+            detected = np.diff(c.indptr)[has_counts]
+            keep = keep_for_genes(c[has_counts], depth * float(detected.mean())) if detected.size else 1.0
+            thinned = thin(c, keep, rng)
+            y, present, zero = scale_cells(thinned, f, symbols, ensembl_ids, norm)
+            rate = detection_rate(thinned, f, symbols, ensembl_ids)
+            x = standardize(y, present, zero, norm, rate=rate)
+            position = offset + np.cumsum(has_counts) - 1  # the cell's row among cells with counts
+            rows.append(x[~zero])
+            index.append(position[~zero])
+            offset += int(has_counts.sum())
+    return np.concatenate(rows).astype(np.float32), np.concatenate(index).astype(np.int64)
+
+
+def keep_for_genes(counts: sp.csr_matrix, genes: float) -> float:
+    """Binomial keep-probability under which the cells keep ``genes`` detected genes on average."""
+    c = counts.data.astype(np.float64)
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        detected = (1 - (1 - mid) ** c).sum() / counts.shape[0]
+        lo, hi = (mid, hi) if detected < genes else (lo, mid)
+    return (lo + hi) / 2
 
 
 def thin(counts: sp.csr_matrix, keep: float, rng: np.random.Generator) -> sp.csr_matrix:

@@ -193,6 +193,7 @@ class StudentConfig:
     dropout: float = 0.1
     w_recon: float = 1.0
     mix_fraction: float = 0.5  # extra rows per batch that mix a bulk line with a cell
+    pair_fraction: float = 0.5  # extra rows per batch of thinned cells (with depth pairs)
 
 
 def distill(
@@ -203,8 +204,14 @@ def distill(
     config: TrainConfig,
     student: StudentConfig | None = None,
     log: Logger | None = None,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[ScdrModule, dict]:
-    """Train one network of the members' size to reproduce the ensemble logit; return it and its fidelity."""
+    """Train one network of the members' size to reproduce the ensemble logit; return it and its fidelity.
+
+    With ``pairs`` (thinned target cells and the index of each one's full-depth row in
+    ``cells_x``, `training.depth.depth_pairs`), each batch also holds thinned cells whose target
+    is the ensemble's logit on the same cell at full depth: the student learns to keep a cell's
+    call when it is sequenced less deeply."""
     opts = student or StudentConfig()
     configure_torch(config)
     generator = torch.Generator().manual_seed(config.seed)
@@ -224,6 +231,12 @@ def distill(
     )  # fmt: skip
     steps = math.ceil(len(x_all) / opts.batch_size)
     n_mix = int(opts.batch_size * opts.mix_fraction)
+    n_pair = int(opts.batch_size * opts.pair_fraction) if pairs is not None else 0
+    if n_pair:
+        xp = torch.as_tensor(pairs[0], dtype=torch.float32)
+        with torch.no_grad():  # the ensemble's logit of each thinned cell at full depth
+            full = torch.stack([t.response_logit(t.encode(xc)) for t in teachers]).mean(0)
+        yp = full[torch.as_tensor(pairs[1], dtype=torch.long)]
     for epoch in range(1, opts.epochs + 1):
         module.train()
         order = torch.randperm(len(x_all), generator=generator)
@@ -237,9 +250,13 @@ def distill(
                 batch = torch.cat([batch, lam * a + (1 - lam) * c])
             with torch.no_grad():
                 target = torch.stack([t.response_logit(t.encode(batch)) for t in teachers]).mean(0)
+            n_batch = len(batch)
+            if n_pair:
+                k = torch.randint(len(xp), (n_pair,), generator=generator)
+                batch, target = torch.cat([batch, xp[k]]), torch.cat([target, yp[k]])
             z = module.encode(batch)
             loss = nn.functional.mse_loss(module.response_logit(z), target)
-            loss = loss + opts.w_recon * nn.functional.mse_loss(module.decoder(z), batch)
+            loss = loss + opts.w_recon * nn.functional.mse_loss(module.decoder(z[:n_batch]), batch[:n_batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -272,11 +289,13 @@ def fit_calibrated(
     student: StudentConfig | None = None,
     log: Logger | None = None,
     anchor_node: int | None = None,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Ensemble, ScdrModule, dict]:
     """The whole recipe: cross-fitted ensemble, distilled student with the calibration folded in.
 
     Returns the ensemble (its CV and calibration), the network a bundle holds (plain layers: an
-    anchored student is rewritten by `ScdrModule.plain`), and its fidelity."""
+    anchored student is rewritten by `ScdrModule.plain`), and its fidelity. ``pairs``: see
+    `distill`."""
     say = log or (lambda _msg: None)
     folds, repeats = split_members(members)
     say(f"cross-fitting {members} members over {folds} stratified folds of the bulk lines"
@@ -286,8 +305,9 @@ def fit_calibrated(
     say(f"out-of-fold AUROC {cv['auroc_mean']:.3f} +- {cv['auroc_sd']:.3f}, "
         f"AUPR {cv['aupr_mean']:.3f} +- {cv['aupr_sd']:.3f}; Platt slope {cal.slope:.3f} "
         f"intercept {cal.intercept:.3f}")  # fmt: skip
-    say("distilling the ensemble into one network")
-    module, fidelity = distill(ensemble, bulk_x, cells_x, mask, config, student, log=log)
+    say("distilling the ensemble into one network"
+        + (f" (with {len(pairs[0])} thinned target cells)" if pairs is not None else ""))
+    module, fidelity = distill(ensemble, bulk_x, cells_x, mask, config, student, log=log, pairs=pairs)
     say(f"student fidelity to the ensemble: r = {fidelity['bulk']['pearson_r']:.4f} on bulk, "
         f"{fidelity['cells']['pearson_r']:.4f} on cells")  # fmt: skip
     if module.anchor_node is not None:

@@ -30,7 +30,7 @@ from scdr.training.data import (
     normalize_line_name,
     sha256_file,
 )
-from scdr.training.depth import depth_stats
+from scdr.training.depth import PAIR_DEPTHS, depth_pairs, depth_stats
 from scdr.training.drugs import find_drug
 from scdr.training.ensemble import DEFAULT_MEMBERS, Ensemble, fit_calibrated
 from scdr.training.export import export_bundle, make_card
@@ -95,6 +95,7 @@ class TrainingInputs:
     rank: bool = False  # inputs are within-profile ranks (Normalization.rank); not exportable yet
     line_info: Path | None = None  # cosmic_info.csv(.gz): the GDSC tissue of each line
     exclude_tissues: tuple[str, ...] = ()  # GDSC1 tissues whose lines are left out of training
+    depth_pairs: bool = False  # the student also learns thinned targets (training.depth.depth_pairs)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Prepared:
     cells_x: np.ndarray  # float32 [cells with counts, panel], all targets stacked
     targets: list[dict]  # per target file: cells, zero-count cells, panel genes present
     aliases: list[str]
+    pairs: tuple[np.ndarray, np.ndarray] | None = None  # thinned targets, their rows in cells_x
 
 
 def train_bundle(
@@ -132,7 +134,7 @@ def train_bundle(
     say = log or (lambda _msg: None)
     ensemble, module, fidelity = fit_calibrated(
         data.bulk_x, data.y, data.cells_x, data.mask.mask, config, members, log=say,
-        anchor_node=target_node(data.mask.names),
+        anchor_node=target_node(data.mask.names), pairs=data.pairs,
     )
     bulk_out = predict(module, data.bulk_x)
     cell_pathways = predict(module, data.cells_x)["pathways"]
@@ -249,6 +251,12 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
     )
     bulk_x = normalize_bulk(bulk.rows(labels.train_lines)[:, panel.bulk_index], bulk_norm)
     say(f"targets: {len(cells_x)} cells with counts from {len(cells)} file(s)")
+    pairs = None
+    if inputs.depth_pairs:
+        pairs = depth_pairs([c.counts for c in cells], [c.features for c in cells], panel.symbols,
+                            panel.ensembl_ids, cell_norm)
+        say(f"depth pairs: {len(pairs[0])} target cells thinned to {', '.join(map(str, PAIR_DEPTHS))} "
+            "of their detected genes")
     return Prepared(
         inputs,
         bulk,
@@ -262,6 +270,7 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
         cells_x,
         targets,
         aliases,
+        pairs,
     )
 
 
@@ -379,11 +388,19 @@ def _training_record(data: Prepared, config: TrainConfig, ensemble: Ensemble, co
             "student": "one network of the members' architecture, trained to match the ensemble "
             "logit (MSE) on the bulk lines, the target cells and bulk/cell mixtures, plus the "
             "pathway-masked reconstruction; the calibration is folded into its last layer",
+            "depth_pairs": None if data.pairs is None else {
+                "fractions_of_detected_genes": list(PAIR_DEPTHS),
+                "thinned_cells": len(data.pairs[0]),
+                "what": "the student also learns the target cells thinned binomially to these "
+                "fractions of their detected genes, each with the ensemble's logit of the same "
+                "cell at full depth as its target",
+            },
         },
         "data_options": {
             "knowledge_only": data.inputs.knowledge_only,
             "min_detection": data.inputs.min_detection,
             "exclude_tissues": list(data.inputs.exclude_tissues),
+            "depth_pairs": data.inputs.depth_pairs,
         },
         "epochs": {"max": config.epochs},
         "fit_seconds": round(ensemble.seconds, 2),

@@ -28,6 +28,7 @@ class Recipe:
     min_detection: float = 0.0
     rank: bool = False  # within-profile rank inputs (TrainingInputs.rank)
     exclude_tissues: tuple[str, ...] = ()  # GDSC1 tissues left out of bulk training
+    depth_pairs: bool = False  # the student also learns thinned targets (TrainingInputs.depth_pairs)
 
     def train_config(self, **base: object) -> TrainConfig:
         """The TrainConfig of this recipe over `base` options (seed, threads, device)."""
@@ -69,6 +70,10 @@ CANDIDATES: tuple[Recipe, ...] = (
     Recipe("K-adv-solid-anchor", "K-adv-solid with the same target anchor",
            {"alignment": "adversarial", "anchor": True}, knowledge_only=True,
            exclude_tissues=BLOOD_TISSUES),
+    # round 5 (decided without plate labels): the student also learns thinned target cells
+    Recipe("F-adv-solid-depth", "F-adv-solid whose distilled network also learns the target cells "
+           "thinned to 45% and 18% of their detected genes, with their full-depth ensemble logits",
+           {"alignment": "adversarial"}, exclude_tissues=BLOOD_TISSUES, depth_pairs=True),
 )  # fmt: skip
 ROUNDS: dict[int, tuple[str, ...]] = {
     1: ("K-none", "K-adv", "F-none", "F-mmd", "F-adv", "F-adv-linear", "D-adv"),
