@@ -79,13 +79,15 @@ ROUNDS: dict[int, tuple[str, ...]] = {
     1: ("K-none", "K-adv", "F-none", "F-mmd", "F-adv", "F-adv-linear", "D-adv"),
     2: ("K-adv", "K-adv-solid", "F-adv-solid", "K-adv-rank", "K-adv-rank-solid"),
     3: ("F-adv-solid", "K-adv-solid-anchor", "F-adv-solid-anchor"),
+    5: ("F-adv-solid-depth",),  # chosen by round 5's label-free rule; run here to report it
 }
 # Selected by the protocol's rule, round 2 (benchmarks/results/evaluation_round2.md): best mean
 # pooled AUROC over the five labelled drugs, 0.774 (K-adv 0.760, K-adv-solid 0.749, K-adv-rank
 # 0.707, K-adv-rank-solid 0.689); round 1 had selected K-adv. Round 3 kept it (0.774, identical to
 # round 2's; F-adv-solid-anchor 0.760, K-adv-solid-anchor 0.745).
-SHIPPED = "F-adv-solid"
-SHIPPED_ROUND = 2  # the protocol round whose rule first selected SHIPPED (its bundles' figures)
+# Round 4 kept its 5 members; round 5's label-free rule (the depth check) chose its depth pairs.
+SHIPPED = "F-adv-solid-depth"
+SHIPPED_ROUND = 5  # the protocol round whose rule first selected SHIPPED (its bundles' figures)
 
 
 def find_recipe(name: str) -> Recipe:
