@@ -15,7 +15,7 @@ from scdr.scoring.errors import BundleError
 from scdr.training.data import DataError
 from scdr.training.normalize import Normalization, normalize_bulk, scale_cells, within_row_ranks
 from scdr.training.pipeline import TrainingInputs, lines_of_tissues, train_bundle
-from scdr.training.recipes import BLOOD_TISSUES, ROUNDS, find_recipe
+from scdr.training.recipes import BLOOD_TISSUES, ROUNDS, SHIPPED, find_recipe
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -92,3 +92,23 @@ def test_the_card_description_says_which_lines_trained_the_model() -> None:
     assert "53 pathway nodes (4 for the drug's target and mechanism)" in solid
     assert "753 GDSC bulk lines and" in describe_model("crizotinib", 753, 53, 0)
     assert "753 GDSC bulk lines (skin left out)" in describe_model("crizotinib", 753, 53, 0, ("skin",))
+
+
+def test_the_shipped_bundles_are_trained_with_the_shipped_recipe() -> None:
+    """What recipes.SHIPPED (and the docs) say about the shipped models is what their cards record."""
+    from scdr.scoring.card import read_card
+
+    recipe = find_recipe(SHIPPED)
+    roots = sorted(p for p in (ROOT / "exported_models").iterdir() if (p / "card.json").is_file())
+    cards = [read_card(p) for p in roots]
+    assert len(cards) == 12
+    for card in cards:
+        training = card["training"]
+        assert f"--recipe {SHIPPED}" in training["command"], training["command"]
+        assert training["data_options"] == {"knowledge_only": recipe.knowledge_only,
+                                             "min_detection": recipe.min_detection,
+                                             "exclude_tissues": list(recipe.exclude_tissues),
+                                             "depth_pairs": recipe.depth_pairs}  # fmt: skip
+        for key, value in recipe.config.items():
+            assert training["options"][key] == value
+        assert (training["ensemble"]["depth_pairs"] is not None) == recipe.depth_pairs
