@@ -16,6 +16,8 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from scdr.training.depth import keep_for_genes
+
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "examples" / "celseq2_p1.h5ad"
 TARGET_NNZ = {"10x": 2500.0, "celseq": None}
 BLOCK = 20_000
@@ -75,16 +77,9 @@ def _read_source(path: Path) -> tuple[sp.csr_matrix, list[str]]:
 
 
 def _thinning_probability(counts: sp.csr_matrix, target_nnz: float | None) -> float:
-    """Binomial keep-probability whose expected stored genes per cell is ``target_nnz``."""
-    if target_nnz is None:
-        return 1.0
-    c = counts.data.astype(np.float64)
-    lo, hi = 0.0, 1.0
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        nnz = (1 - (1 - mid) ** c).sum() / counts.shape[0]
-        lo, hi = (mid, hi) if nnz < target_nnz else (lo, mid)
-    return (lo + hi) / 2
+    """Binomial keep-probability whose expected stored genes per cell is ``target_nnz`` (None:
+    keep every count)."""
+    return 1.0 if target_nnz is None else keep_for_genes(counts, target_nnz)
 
 
 def _sample(counts: sp.csr_matrix, n: int, p: float, rng: np.random.Generator) -> sp.csr_matrix:
