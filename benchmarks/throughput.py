@@ -3,6 +3,7 @@ otherwise run, on the same file and network, each in its own process (peak RSS f
 
     python benchmarks/throughput.py --cells 10000,200000,1000000 --density 10x [--peers]
     python benchmarks/throughput.py --quick          # small file, checks the table is produced
+    python benchmarks/throughput.py --cells 200000 --stages io,scdr --repeat 5   # noisy machine
 
 Measured per file, page cache warmed first: the IO floor (h5py reading data+indices by indptr
 ranges; for gzip files also the parallel-decompression floor: chunks read with pread and inflated
@@ -12,6 +13,11 @@ read -> normalise -> forward with and without reading the next chunk on a worker
 and with ``--peers`` the peer pipeline (anndata.read_h5ad + scanpy normalize_total/log1p + panel
 subset + densify + torch forward of the same network) and celltypist's annotate with a model over
 the same panel. Prints a table, writes JSON and CSV under ``benchmarks/results/``.
+
+On a shared machine the IO floor itself moves by up to 3x between minutes, so ``--repeat N`` runs
+the stage list N times in interleaved rounds (io, scdr, ..., io, scdr, ...): every ratio is taken
+within one round, between measurements minutes apart at most, and the summary gives the median
+over rounds (and the range) of cells/s and of each ratio, with the largest peak RSS.
 """
 
 import contextlib
@@ -19,6 +25,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -52,11 +59,13 @@ DEVICE = "cpu"  # set from --device, in the parent and in each stage's process
               help="ONNX Runtime provider for the scorer's stages (cuda needs onnxruntime-gpu).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
               help="Also write a log-log PNG of cells/s and peak RSS against file size.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the stage list this many times, interleaved; report medians over rounds.")
 @click.option("--stage", default=None, hidden=True)
 @click.option("--file", "file_", default=None, hidden=True)
 def main(cells: str, density: str, compress: bool, drug: str, model: Path | None, peers: bool,
          dask: bool, data_dir: Path, quick: bool, out: Path | None, stages: str | None, device: str,
-         plot: Path | None, stage: str | None, file_: str | None) -> None:
+         plot: Path | None, repeat: int, stage: str | None, file_: str | None) -> None:
     """Run the benchmark and print the table."""
     global DEVICE
     DEVICE = device
@@ -81,14 +90,18 @@ def main(cells: str, density: str, compress: bool, drug: str, model: Path | None
             if unknown:
                 raise click.BadParameter(f"unknown stages {sorted(unknown)}", param_hint="--stages")
             names = stages.split(",")
-        for name in names:
-            rows.append({"cells": n, "density": density, "gzip": compress, "stage": name,
-                         "device": device if name in DEVICE_STAGES else "cpu",
-                         **_measure(name, path, bundle)})
-            _print_row(rows[-1], rows)
+        for round_ in range(repeat):
+            for name in names:
+                rows.append({"cells": n, "density": density, "gzip": compress, "round": round_,
+                             "stage": name, "device": device if name in DEVICE_STAGES else "cpu",
+                             **_measure(name, path, bundle)})
+                _print_row(rows[-1], rows)
     out = out or RESULTS / f"throughput_{density}{'_gzip' if compress else ''}.json"
     _write(rows, out, bundle)
-    _print_ratios(rows)
+    for round_ in range(repeat):
+        _print_ratios([r for r in rows if r["round"] == round_])
+    if repeat > 1:
+        _print_summary(rows)
     if plot is not None:
         _plot(rows, plot)
 
@@ -158,13 +171,48 @@ def _available_memory() -> int:
 
 
 def _print_row(row: dict, rows: list[dict]) -> None:
+    """One measurement, with its ratio to the IO floor of the same file and round."""
     if "error" in row:
         click.echo(f"{row['cells']:>9,} {row['stage']:<11} failed: {row['error']}")
         return
-    floor = _floor(rows, row["cells"])
+    floor = _floor([r for r in rows if r["round"] == row["round"]], row["cells"])
     ratio = row["cells_per_s"] / floor["cells_per_s"] if floor else float("nan")
     click.echo(f"{row['cells']:>9,} {row['stage']:<11} {row['cells_per_s']:>11,.0f} cells/s "
                f"{ratio:>6.2f}x IO floor  peak RSS {row['peak_rss_mb']:>8,.0f} MB")
+
+
+def _print_summary(rows: list[dict]) -> None:
+    """Per file and stage: median cells/s over rounds, the median and range of the per-round ratio
+    to the IO floor, the largest peak RSS; then scdr-score against --explain and the peers, per
+    round, median and range."""
+    click.echo("\nmedian over rounds (ratios taken within each round; range in brackets)")
+    for cells in sorted({r["cells"] for r in rows}):
+        rounds = sorted({r["round"] for r in rows if r["cells"] == cells})
+        by_round = {k: {r["stage"]: r for r in rows
+                        if r["cells"] == cells and r["round"] == k and "cells_per_s" in r}
+                    for k in rounds}
+        stages = dict.fromkeys(r["stage"] for r in rows if r["cells"] == cells)
+        for stage in stages:
+            got = [by_round[k][stage] for k in rounds if stage in by_round[k]]
+            if not got:
+                continue
+            ratios = [by_round[k][stage]["cells_per_s"] / _floor(list(by_round[k].values()), cells)
+                      ["cells_per_s"] for k in rounds
+                      if stage in by_round[k] and _floor(list(by_round[k].values()), cells)]
+            speed = statistics.median(r["cells_per_s"] for r in got)
+            ratio = (f"{statistics.median(ratios):.2f}x IO floor [{min(ratios):.2f}-{max(ratios):.2f}]"
+                     if ratios else "no IO floor")
+            click.echo(f"{cells:>9,} {stage:<11} {speed:>11,.0f} cells/s  {ratio}  peak RSS "
+                       f"{max(r['peak_rss_mb'] for r in got):>7,.0f} MB  ({len(got)} rounds)")
+        for other, what in (("explain", "--explain costs {:.2f}x plain scoring"),
+                            ("peer", "scdr-score is {:.2f}x the peer pipeline's cells/s"),
+                            ("celltypist", "scdr-score is {:.2f}x celltypist's cells/s")):
+            pair = [(by_round[k]["scdr"]["cells_per_s"], by_round[k][other]["cells_per_s"])
+                    for k in rounds if {"scdr", other} <= set(by_round[k])]
+            if pair:
+                ratios = [a / b for a, b in pair]
+                click.echo(f"{cells:>9,} {what.format(statistics.median(ratios))} "
+                           f"[{min(ratios):.2f}-{max(ratios):.2f}]")
 
 
 def _cpu_name() -> str:
@@ -210,7 +258,8 @@ def _print_ratios(rows: list[dict]) -> None:
         if "sequential" in same and "overlapped" in same:
             gain = same["overlapped"]["cells_per_s"] / same["sequential"]["cells_per_s"]
             parts.append(f"reading ahead on a thread: {gain:.2f}x")
-        click.echo(f"{cells:>9,} scdr-score: " + "; ".join(parts))
+        if parts:
+            click.echo(f"{cells:>9,} scdr-score: " + "; ".join(parts))
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -249,8 +298,8 @@ def _write(rows: list[dict], out: Path, bundle: Path) -> None:
             "date": time.strftime("%Y-%m-%d")}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     with out.with_suffix(".csv").open("w", newline="") as fh:
-        keys = ["cells", "density", "gzip", "stage", "device", "cells_per_s", "seconds", "peak_rss_mb",
-                "process_wall_s", "error"]
+        keys = ["cells", "density", "gzip", "round", "stage", "device", "cells_per_s", "seconds",
+                "peak_rss_mb", "process_wall_s", "error"]
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)

@@ -41,3 +41,20 @@ def test_atlas_generator_resamples_real_cells(tmp_path):
         assert f["X"].attrs["shape"].tolist() == [500, stats["genes"]]
     csc = make_atlas(tmp_path / "c.h5ad", 300, "celseq", fmt="csc", seed=1)
     assert csc["nnz_per_cell"] > 4000
+
+
+def test_throughput_repeat_interleaves_rounds_and_summarises_medians(tmp_path, bundle_dir):
+    out = tmp_path / "tp.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--quick", "--model",
+         str(bundle_dir), "--data-dir", str(tmp_path), "--out", str(out), "--stages",
+         "io,scdr,explain", "--repeat", "2"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["round"], r["stage"]) for r in rows] == [
+        (0, "io"), (0, "scdr"), (0, "explain"), (1, "io"), (1, "scdr"), (1, "explain")]
+    summary = proc.stdout.split("median over rounds", 1)[1].splitlines()
+    scdr = next(line for line in summary if line.split()[1:2] == ["scdr"])
+    assert "x IO floor [" in scdr and "(2 rounds)" in scdr
+    assert any("--explain costs" in line for line in summary)
