@@ -93,11 +93,13 @@ def _sample(counts: sp.csr_matrix, n: int, p: float, rng: np.random.Generator) -
 def _write_csr_blocks(f: h5py.File, counts: sp.csr_matrix, cells: int, p: float,
                       rng: np.random.Generator, opts: dict, distinct: int | None = None) -> int:
     """CSR written block by block. Uncompressed files get contiguous data/indices, as
-    anndata writes them (blocks are spooled to raw files first, since the total is only known at
-    the end); gzip files get 1 MB chunks, as compressed atlases have."""
+    anndata writes them (thinned blocks are spooled to raw files first, since the total is only
+    known at the end); gzip files get 1 MB chunks, as compressed atlases have."""
     g = f.create_group("X")
     g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
                     "shape": np.array([cells, counts.shape[1]])})
+    if p >= 1.0:
+        return _write_unthinned(g, counts, cells, rng, opts, distinct)
     indptr = np.zeros(cells + 1, np.int64)
     spool = Path(f.filename).with_suffix(".spool")
     spool.mkdir(exist_ok=True)
@@ -129,6 +131,33 @@ def _write_csr_blocks(f: h5py.File, counts: sp.csr_matrix, cells: int, p: float,
             (spool / name).unlink(missing_ok=True)
         spool.rmdir()
     return nnz
+
+
+def _write_unthinned(g: h5py.Group, counts: sp.csr_matrix, cells: int, rng: np.random.Generator,
+                     opts: dict, distinct: int | None) -> int:
+    """Source depth: the rows drawn fix the total up front, so the blocks go straight into
+    datasets of their final size (no spool: a million CEL-seq-depth cells is a 49 GB file). The
+    draws are those of the spooled path, block by block."""
+    picks = []
+    for k, lo in enumerate(range(0, cells, BLOCK)):
+        n = min(BLOCK, cells - lo)
+        if distinct is None or len(picks) < distinct:
+            picks.append(rng.integers(0, counts.shape[0], size=n))
+        else:
+            picks.append(picks[k % distinct][:n])
+    rows = np.concatenate(picks)
+    indptr = np.zeros(cells + 1, np.int64)
+    np.cumsum(np.diff(counts.indptr)[rows], out=indptr[1:])
+    layout = {"chunks": (1 << 18,), **opts} if opts else {}
+    ds = {name: g.create_dataset(name, shape=(int(indptr[-1]),), dtype=dtype, **layout)
+          for name, dtype in (("data", np.float32), ("indices", np.int32))}
+    for lo in range(0, cells, BLOCK):
+        block = counts[rows[lo : lo + BLOCK]].tocsr()
+        a, b = int(indptr[lo]), int(indptr[min(lo + BLOCK, cells)])
+        ds["data"][a:b] = block.data.astype(np.float32)
+        ds["indices"][a:b] = block.indices.astype(np.int32)
+    g.create_dataset("indptr", data=indptr)
+    return int(indptr[-1])
 
 
 def _write_sparse(f: h5py.File, m: sp.spmatrix, encoding: str, opts: dict) -> None:
