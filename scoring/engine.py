@@ -4,6 +4,7 @@
 runs (streams rows into output files and returns the run summary).
 """
 
+import os
 import platform
 import time
 import warnings
@@ -410,12 +411,21 @@ def stream(
     rows: tuple[int, int | None] = (0, None),
 ) -> None:
     """Read each chunk of the rows ``rows`` once and hand every model's predictions to ``sink``."""
-    for chunk in source.chunks(options.chunk_size, rows[0], rows[1], obs_columns=obs_columns):
+    for chunk in source.chunks(options.chunk_size, rows[0], rows[1], obs_columns=obs_columns,
+                               prefetch=_read_ahead()):
         for run in runs:
             sink(run, _predict_chunk(run, chunk, options.normalized))
         _check_interrupted()
         if progress is not None:
             progress(chunk.stop, source.n_obs)
+
+
+def _read_ahead() -> bool:
+    """Read the next chunk on a thread only with more than two usable cores: on two, normalising
+    and the forward pass already use both, and a third busy thread preempts one of the kernel's
+    (5-9% slower end to end, plain, gzip and --explain alike; ``benchmarks/README.md``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) > 2
 
 
 def _check_interrupted() -> None:
