@@ -191,14 +191,14 @@ def _print_summary(rows: list[dict]) -> None:
         by_round = {k: {r["stage"]: r for r in rows
                         if r["cells"] == cells and r["round"] == k and "cells_per_s" in r}
                     for k in rounds}
+        floors = {k: _floor(list(by_round[k].values()), cells) for k in rounds}
         stages = dict.fromkeys(r["stage"] for r in rows if r["cells"] == cells)
         for stage in stages:
             got = [by_round[k][stage] for k in rounds if stage in by_round[k]]
             if not got:
                 continue
-            ratios = [by_round[k][stage]["cells_per_s"] / _floor(list(by_round[k].values()), cells)
-                      ["cells_per_s"] for k in rounds
-                      if stage in by_round[k] and _floor(list(by_round[k].values()), cells)]
+            ratios = [by_round[k][stage]["cells_per_s"] / floors[k]["cells_per_s"] for k in rounds
+                      if stage in by_round[k] and floors[k]]
             speed = statistics.median(r["cells_per_s"] for r in got)
             ratio = (f"{statistics.median(ratios):.2f}x IO floor [{min(ratios):.2f}-{max(ratios):.2f}]"
                      if ratios else "no IO floor")
