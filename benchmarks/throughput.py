@@ -204,13 +204,12 @@ def _print_summary(rows: list[dict]) -> None:
                      if ratios else "no IO floor")
             click.echo(f"{cells:>9,} {stage:<11} {speed:>11,.0f} cells/s  {ratio}  peak RSS "
                        f"{max(r['peak_rss_mb'] for r in got):>7,.0f} MB  ({len(got)} rounds)")
+        against = [_against_scdr(by_round[k]) for k in rounds]
         for other, what in (("explain", "--explain costs {:.2f}x plain scoring"),
                             ("peer", "scdr-score is {:.2f}x the peer pipeline's cells/s"),
                             ("celltypist", "scdr-score is {:.2f}x celltypist's cells/s")):
-            pair = [(by_round[k]["scdr"]["cells_per_s"], by_round[k][other]["cells_per_s"])
-                    for k in rounds if {"scdr", other} <= set(by_round[k])]
-            if pair:
-                ratios = [a / b for a, b in pair]
+            ratios = [a[other] for a in against if other in a]
+            if ratios:
                 click.echo(f"{cells:>9,} {what.format(statistics.median(ratios))} "
                            f"[{min(ratios):.2f}-{max(ratios):.2f}]")
 
@@ -239,6 +238,16 @@ def _floor(rows: list[dict], cells: int) -> dict | None:
     return same.get("io_parallel") or same.get("io")
 
 
+def _against_scdr(same: dict[str, dict]) -> dict[str, float]:
+    """For one file and round (rows by stage): scdr-score's cells/s over each peer's, and the
+    cost of --explain (plain cells/s over explained), for the stages measured."""
+    scdr = same.get("scdr")
+    if scdr is None:
+        return {}
+    return {other: scdr["cells_per_s"] / same[other]["cells_per_s"]
+            for other in ("peer", "celltypist", "explain") if other in same}
+
+
 def _print_ratios(rows: list[dict]) -> None:
     """scdr-score against the peers and --explain against plain scoring, per file size."""
     for cells in sorted({r["cells"] for r in rows}):
@@ -246,15 +255,14 @@ def _print_ratios(rows: list[dict]) -> None:
         scdr = same.get("scdr")
         if scdr is None:
             continue
+        against = _against_scdr(same)
         parts = []
         for peer in ("peer", "celltypist"):
-            if peer in same:
-                parts.append(f"{scdr['cells_per_s'] / same[peer]['cells_per_s']:.1f}x {peer}'s "
-                             f"cells/s at {scdr['peak_rss_mb'] / same[peer]['peak_rss_mb']:.0%} of "
-                             "its peak RSS")
-        if "explain" in same:
-            parts.append(f"--explain costs {scdr['cells_per_s'] / same['explain']['cells_per_s']:.1f}x "
-                         "plain scoring")
+            if peer in against:
+                parts.append(f"{against[peer]:.1f}x {peer}'s cells/s at "
+                             f"{scdr['peak_rss_mb'] / same[peer]['peak_rss_mb']:.0%} of its peak RSS")
+        if "explain" in against:
+            parts.append(f"--explain costs {against['explain']:.1f}x plain scoring")
         if "sequential" in same and "overlapped" in same:
             gain = same["overlapped"]["cells_per_s"] / same["sequential"]["cells_per_s"]
             parts.append(f"reading ahead on a thread: {gain:.2f}x")
