@@ -4,6 +4,8 @@
 runs (streams rows into output files and returns the run summary).
 """
 
+from __future__ import annotations
+
 import os
 import platform
 import time
@@ -12,12 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
-import scipy
-import scipy.sparse as sp
 
 from scdr.scoring import __version__
 from scdr.scoring.bundle import Bundle, find_bundle, load_bundle
@@ -43,6 +43,9 @@ from scdr.scoring.report import (
     write_report,
 )
 from scdr.scoring.signals import INTERRUPTED  # set by the CLI's handler; raised between chunks
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp  # only for in-memory matrices: scoring a file never imports it
 
 DEFAULT_CHUNK_SIZE = 8192
 MIN_COVERAGE = 0.5
@@ -325,6 +328,7 @@ def runtime_versions() -> dict[str, str]:
     """Versions of everything that computes a prediction, for the run summary's audit record."""
     import h5py
     import onnxruntime
+    import scipy
 
     return {"scdr": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "scipy": scipy.__version__,

@@ -4,19 +4,21 @@
 shares (a matrix element of an open ``Tree``, its var names and its obs names).
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 
 from scdr.scoring.errors import InputError
 from scdr.scoring.reader import limits
 from scdr.scoring.reader.limits import MAX_FEATURES, MAX_VALUE
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
 
     from scdr.scoring.reader.guards import Tree
     from scdr.scoring.reader.names import Names
@@ -57,6 +59,8 @@ class CountSource:
     def read_all(self, chunk_size: int = 8192) -> tuple[sp.csr_matrix, list[str]]:
         """Every row, read chunk by chunk as scoring reads it, as one float64 CSR (entries as
         stored, duplicates kept) with the cell ids: for callers that want the matrix whole."""
+        import scipy.sparse as sp
+
         parts, cell_ids = [], []
         for chunk in self.chunks(chunk_size, prefetch=False):
             parts.append(sp.csr_matrix((chunk.data.astype(np.float64), chunk.indices, chunk.indptr),
@@ -72,7 +76,7 @@ class CountSource:
     def close(self) -> None:
         """Release the underlying file, if any."""
 
-    def __enter__(self) -> "CountSource":
+    def __enter__(self) -> CountSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -113,15 +117,15 @@ class FileSource(CountSource):
     element: ClassVar[str]  # "group" or "array": the kind of node the encoding is stored as
     rows_need_names: ClassVar[bool] = False  # only obs names confirm the number of rows
 
-    def __init__(self, tree: "Tree", location: str, node: Any, shape: tuple[int, int],
-                 var_names: list[str], obs_index: "Names") -> None:
+    def __init__(self, tree: Tree, location: str, node: Any, shape: tuple[int, int],
+                 var_names: list[str], obs_index: Names) -> None:
         self.tree, self.location, self.node = tree, location, node
         self.n_obs, self.n_vars = shape
         self.var_names = var_names
         self._obs_index = obs_index
 
     @classmethod
-    def inspect(cls, tree: "Tree", node: Any, location: str) -> tuple[int, int]:
+    def inspect(cls, tree: Tree, node: Any, location: str) -> tuple[int, int]:
         """The ``(rows, columns)`` of the matrix at ``node``, once the sizes it claims agree
         with what it really stores."""
         raise NotImplementedError
