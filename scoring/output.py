@@ -164,7 +164,10 @@ class TableWriter:
             gaps = res.ig_gap.astype(np.float64)
             self.worst_gap = max(self.worst_gap, float(gaps.max(initial=0.0)))
             self.gap_sum += float(gaps.sum())
-            top = [self._field(t) for t in res.top_pathways] if plain else res.top_pathways
+            top = res.top_pathways
+            if plain:  # a chunk's cells share few distinct lists: quote each once
+                quoted = {t: self._field(t) for t in set(top)}
+                top = list(map(quoted.__getitem__, top))
             columns += [top, format_column(res.ig_gap)]
         self.n_rows += len(res.cell_ids)
         tails = format_rows(res.pathways, self.delimiter) if self.pathway_names is not None else None
