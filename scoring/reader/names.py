@@ -66,13 +66,8 @@ def dataset_names(tree: Tree, ds: Any, what: str, whole: bool) -> "Names":
 
 
 def decode(values: np.ndarray) -> list[str]:
-    """Stored names as strings (bytes decoded as UTF-8, bad bytes replaced); names are read per
-    chunk of cells, so the all-bytes case, the usual one, takes one comprehension."""
-    items = values.tolist()
-    try:
-        return [v.decode("utf-8", "replace") for v in items]
-    except AttributeError:  # numbers, or strings already
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in items]
+    """Stored names as strings (bytes decoded as UTF-8, bad bytes replaced)."""
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values.tolist()]
 
 
 class Names:
