@@ -200,10 +200,13 @@ _DEFAULTS = TrainConfig()
 )
 @click.option(
     "--depth-pairs",
-    is_flag=True,
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    metavar="DRAWS",
     help="The distilled network also learns the target cells thinned to 45% and 18% of their "
-    "detected genes, each with the ensemble's logit of the same cell at full depth (calls that "
-    "hold on shallower data; label-free).",
+    "detected genes, DRAWS independent times, each with the ensemble's logit of the same cell at "
+    "full depth (calls that hold on shallower data; label-free). 0: off.",
 )
 @click.option("--quiet", is_flag=True, help="No progress on stderr.")
 def main(**opts: object) -> None:
@@ -235,7 +238,7 @@ def main(**opts: object) -> None:
         min_detection=float(opts["min_detection"]),
         line_info=opts["line_info"],
         exclude_tissues=tuple(x.strip() for x in str(opts["exclude_tissues"]).split(",") if x.strip()),
-        depth_pairs=bool(opts["depth_pairs"]),
+        depth_pairs=int(opts["depth_pairs"]),
     )
     config = TrainConfig(**{k: opts[k] for k in TrainConfig.__dataclass_fields__ if k in opts})
     log = None if opts["quiet"] else stderr_logger

@@ -9,6 +9,7 @@ interpolates them at each cell's own rate. Label-free: only the unlabelled targe
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ SEED = 0
 # depth pairs: each target thinned to these fractions of its cells' mean detected genes (on the
 # CEL-seq2 plates, 5,517 genes: about 2,500 and 1,000, the depths of depth_robustness.py)
 PAIR_DEPTHS = (0.45, 0.18)
-PAIR_SEED = 100  # thinning seeds PAIR_SEED, PAIR_SEED + 1, ...: not those of the depth check
+PAIR_SEED = 100  # draw r at depth k thins with seed PAIR_SEED + r * len(PAIR_DEPTHS) + k: not
+# the seeds of the depth check
 
 
 def depth_stats(
@@ -59,16 +61,20 @@ def depth_pairs(
     symbols: list[str],
     ensembl_ids: list[str | None],
     norm: Normalization,
+    draws: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The target cells thinned to each of ``PAIR_DEPTHS``, normalised as the scorer normalises
-    them (depth statistics at each cell's own rate), and for each thinned row the index of the
-    same cell among the targets' cells with counts (the rows of ``Prepared.cells_x``).
+    """The target cells thinned to each of ``PAIR_DEPTHS``, ``draws`` independent times,
+    normalised as the scorer normalises them (depth statistics at each cell's own rate), and for
+    each thinned row the index of the same cell among the targets' cells with counts (the rows of
+    ``Prepared.cells_x``).
 
     The student learns to give a thinned cell the ensemble's logit for the same cell at full
-    depth, so that shallower data keep the calls (label-free: only the unlabelled targets)."""
+    depth, so that shallower data keep the calls (label-free: only the unlabelled targets). More
+    draws show it more of the thinning noise around each cell, so that it learns the cell rather
+    than one thinned copy."""
     rows, index = [], []
-    for k, depth in enumerate(PAIR_DEPTHS):
-        rng = np.random.default_rng(PAIR_SEED + k)
+    for r, (k, depth) in itertools.product(range(draws), enumerate(PAIR_DEPTHS)):
+        rng = np.random.default_rng(PAIR_SEED + r * len(PAIR_DEPTHS) + k)
         offset = 0
         for c, f in zip(counts, features, strict=True):
             c = sp.csr_matrix(c)

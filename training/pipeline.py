@@ -95,7 +95,7 @@ class TrainingInputs:
     rank: bool = False  # inputs are within-profile ranks (Normalization.rank); not exportable yet
     line_info: Path | None = None  # cosmic_info.csv(.gz): the GDSC tissue of each line
     exclude_tissues: tuple[str, ...] = ()  # GDSC1 tissues whose lines are left out of training
-    depth_pairs: bool = False  # the student also learns thinned targets (training.depth.depth_pairs)
+    depth_pairs: int = 0  # thinned draws of the targets the student also learns (training.depth.depth_pairs)
 
 
 @dataclass
@@ -254,9 +254,9 @@ def prepare(inputs: TrainingInputs, log: Logger | None = None) -> Prepared:
     pairs = None
     if inputs.depth_pairs:
         pairs = depth_pairs([c.counts for c in cells], [c.features for c in cells], panel.symbols,
-                            panel.ensembl_ids, cell_norm)
+                            panel.ensembl_ids, cell_norm, draws=inputs.depth_pairs)
         say(f"depth pairs: {len(pairs[0])} target cells thinned to {', '.join(map(str, PAIR_DEPTHS))} "
-            "of their detected genes")
+            f"of their detected genes ({inputs.depth_pairs} draws each)")
     return Prepared(
         inputs,
         bulk,
@@ -390,10 +390,11 @@ def _training_record(data: Prepared, config: TrainConfig, ensemble: Ensemble, co
             "pathway-masked reconstruction; the calibration is folded into its last layer",
             "depth_pairs": None if data.pairs is None else {
                 "fractions_of_detected_genes": list(PAIR_DEPTHS),
+                "draws": data.inputs.depth_pairs,
                 "thinned_cells": len(data.pairs[0]),
                 "what": "the student also learns the target cells thinned binomially to these "
-                "fractions of their detected genes, each with the ensemble's logit of the same "
-                "cell at full depth as its target",
+                "fractions of their detected genes (independent draws), each with the ensemble's "
+                "logit of the same cell at full depth as its target",
             },
         },
         "data_options": {

@@ -43,6 +43,19 @@ def test_each_thinned_row_is_paired_with_the_same_cell_at_full_depth():
     assert np.all((x > 0).sum(axis=1) <= (cells_x[index] > 0).sum(axis=1))  # fewer genes, never more
 
 
+def test_more_draws_are_new_thinnings_of_the_same_cells():
+    files, features, symbols = _targets()
+    norm = Normalization(target_sum=1e4, log1p=True, cell_zscore=False, clip=None)
+    ids: list[str | None] = [None] * len(symbols)
+    one, one_index = depth_pairs(files, features, symbols, ids, norm)
+    three, three_index = depth_pairs(files, features, symbols, ids, norm, draws=3)
+    assert len(three) == 3 * len(one)
+    np.testing.assert_array_equal(three[: len(one)], one)  # the first draw is the one-draw pairs
+    np.testing.assert_array_equal(three_index, np.tile(one_index, 3))
+    second = three[len(one) : 2 * len(one)]
+    assert not np.array_equal(second, one)  # a new draw thins differently
+
+
 def test_keep_for_genes_hits_the_asked_detection():
     rng = np.random.default_rng(1)
     counts = sp.csr_matrix(rng.poisson(2.0, (300, 500)) * (rng.random((300, 500)) < 0.5), dtype=float)
