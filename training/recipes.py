@@ -90,9 +90,10 @@ ROUNDS: dict[int, tuple[str, ...]] = {
 # pooled AUROC over the five labelled drugs, 0.774 (K-adv 0.760, K-adv-solid 0.749, K-adv-rank
 # 0.707, K-adv-rank-solid 0.689); round 1 had selected K-adv. Round 3 kept it (0.774, identical to
 # round 2's; F-adv-solid-anchor 0.760, K-adv-solid-anchor 0.745).
-# Round 4 kept its 5 members; round 5's label-free rule (the depth check) chose its depth pairs.
-SHIPPED = "F-adv-solid-depth"
-SHIPPED_ROUND = 5  # the protocol round whose rule first selected SHIPPED (its bundles' figures)
+# Round 4 kept its 5 members; round 5's label-free rule (the depth check) chose its depth pairs,
+# round 6's the five draws of them.
+SHIPPED = "F-adv-solid-depth5"
+SHIPPED_ROUND = 6  # the protocol round whose rule first selected SHIPPED (its bundles' figures)
 
 
 def find_recipe(name: str) -> Recipe:
