@@ -73,14 +73,18 @@ def depth_pairs(
     draws show it more of the thinning noise around each cell, so that it learns the cell rather
     than one thinned copy."""
     rows, index = [], []
+    keeps: dict[tuple[int, int], float] = {}  # (depth, file) -> keep probability, the same every draw
     for r, (k, depth) in itertools.product(range(draws), enumerate(PAIR_DEPTHS)):
         rng = np.random.default_rng(PAIR_SEED + r * len(PAIR_DEPTHS) + k)
         offset = 0
-        for c, f in zip(counts, features, strict=True):
+        for i, (c, f) in enumerate(zip(counts, features, strict=True)):
             c = sp.csr_matrix(c)
             has_counts = np.asarray(c.sum(axis=1)).ravel() != 0  # scale_cells' zero, negated
-            detected = np.diff(c.indptr)[has_counts]
-            keep = keep_for_genes(c[has_counts], depth * float(detected.mean())) if detected.size else 1.0
+            if (k, i) not in keeps:
+                detected = np.diff(c.indptr)[has_counts]
+                keeps[k, i] = (keep_for_genes(c[has_counts], depth * float(detected.mean()))
+                               if detected.size else 1.0)
+            keep = keeps[k, i]
             thinned = thin(c, keep, rng)
             y, present, zero = scale_cells(thinned, f, symbols, ensembl_ids, norm)
             rate = detection_rate(thinned, f, symbols, ensembl_ids)
