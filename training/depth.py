@@ -72,28 +72,32 @@ def depth_pairs(
     depth, so that shallower data keep the calls (label-free: only the unlabelled targets). More
     draws show it more of the thinning noise around each cell, so that it learns the cell rather
     than one thinned copy."""
+    files = [sp.csr_matrix(c) for c in counts]
+    has_counts = [np.asarray(c.sum(axis=1)).ravel() != 0 for c in files]  # scale_cells' zero, negated
+    starts = np.cumsum([0] + [int(h.sum()) for h in has_counts[:-1]])
+    # each cell's row among the targets' cells with counts
+    positions = [start + np.cumsum(h) - 1 for start, h in zip(starts, has_counts, strict=True)]
+    # per depth and file: the same keep probability for every draw
+    keeps = [[_keep_for_depth(c, h, depth) for c, h in zip(files, has_counts, strict=True)]
+             for depth in PAIR_DEPTHS]
     rows, index = [], []
-    keeps: dict[tuple[int, int], float] = {}  # (depth, file) -> keep probability, the same every draw
-    for r, (k, depth) in itertools.product(range(draws), enumerate(PAIR_DEPTHS)):
+    for r, k in itertools.product(range(draws), range(len(PAIR_DEPTHS))):
         rng = np.random.default_rng(PAIR_SEED + r * len(PAIR_DEPTHS) + k)
-        offset = 0
-        for i, (c, f) in enumerate(zip(counts, features, strict=True)):
-            c = sp.csr_matrix(c)
-            has_counts = np.asarray(c.sum(axis=1)).ravel() != 0  # scale_cells' zero, negated
-            if (k, i) not in keeps:
-                detected = np.diff(c.indptr)[has_counts]
-                keeps[k, i] = (keep_for_genes(c[has_counts], depth * float(detected.mean()))
-                               if detected.size else 1.0)
-            keep = keeps[k, i]
+        for c, f, keep, position in zip(files, features, keeps[k], positions, strict=True):
             thinned = thin(c, keep, rng)
             y, present, zero = scale_cells(thinned, f, symbols, ensembl_ids, norm)
             rate = detection_rate(thinned, f, symbols, ensembl_ids)
             x = standardize(y, present, zero, norm, rate=rate)
-            position = offset + np.cumsum(has_counts) - 1  # the cell's row among cells with counts
             rows.append(x[~zero])
             index.append(position[~zero])
-            offset += int(has_counts.sum())
     return np.concatenate(rows).astype(np.float32), np.concatenate(index).astype(np.int64)
+
+
+def _keep_for_depth(counts: sp.csr_matrix, has_counts: np.ndarray, depth: float) -> float:
+    """The keep probability under which the cells with counts keep ``depth`` of their mean
+    detected genes (1 when no cell has counts)."""
+    detected = np.diff(counts.indptr)[has_counts]
+    return keep_for_genes(counts[has_counts], depth * float(detected.mean())) if detected.size else 1.0
 
 
 def keep_for_genes(counts: sp.csr_matrix, genes: float) -> float:
