@@ -78,6 +78,12 @@ CANDIDATES: tuple[Recipe, ...] = (
     Recipe("F-adv-solid-depth5", "F-adv-solid-depth whose distilled network learns five "
            "independent thinned draws of the target cells at each depth instead of one",
            {"alignment": "adversarial"}, exclude_tissues=BLOOD_TISSUES, depth_pairs=5),
+    # round 7 (decided without plate labels): members train a fixed number of epochs on all their
+    # lines instead of early-stopping on a validation split that holds a handful of sensitive lines
+    Recipe("F-adv-solid-depth5-fixed25", "F-adv-solid-depth5 whose ensemble members train 25 "
+           "epochs on all their lines (no early stopping, so no validation split)",
+           {"alignment": "adversarial", "epochs": 25, "patience": 0}, exclude_tissues=BLOOD_TISSUES,
+           depth_pairs=5),
 )  # fmt: skip
 ROUNDS: dict[int, tuple[str, ...]] = {
     1: ("K-none", "K-adv", "F-none", "F-mmd", "F-adv", "F-adv-linear", "D-adv"),
@@ -85,6 +91,7 @@ ROUNDS: dict[int, tuple[str, ...]] = {
     3: ("F-adv-solid", "K-adv-solid-anchor", "F-adv-solid-anchor"),
     5: ("F-adv-solid-depth",),  # chosen by round 5's label-free rule; run here to report it
     6: ("F-adv-solid-depth5",),  # decided by round 6's label-free rule; run here to report it
+    7: ("F-adv-solid-depth5-fixed25",),  # decided by round 7's label-free rule (its seed agreement)
 }
 # Selected by the protocol's rule, round 2 (benchmarks/results/evaluation_round2.md): best mean
 # pooled AUROC over the five labelled drugs, 0.774 (K-adv 0.760, K-adv-solid 0.749, K-adv-rank

@@ -12,7 +12,9 @@ strength ramps as in DANN over the first `align_warmup` epochs, then stays 1; th
 itself first takes `critic_steps` Adam steps on the batch's latents, so that it keeps up with the
 encoder), 'mmd' (Gaussian-kernel MMD between the two latents) or 'none'. Early stopping watches
 the class-balanced response loss on a stratified bulk validation split; the best weights are kept
-in memory (no files, no pickles). With patience 0 every epoch runs and the last weights are kept.
+in memory (no files, no pickles). With patience 0 there is no early stopping and so no validation
+split: every line trains, every epoch runs and the last weights are kept (with few sensitive lines
+the split holds a handful of them, and the epoch it picks moves a lot between seeds).
 """
 
 from __future__ import annotations
@@ -100,7 +102,9 @@ def fit(
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {config.alignment!r}")
     started = time.perf_counter()
     device = configure_torch(config)
-    if val_index is None:
+    if config.patience == 0:
+        train_index, val_index = np.arange(len(y)), np.empty(0, dtype=np.int64)
+    elif val_index is None:
         train_index, val_index = split_validation(y, config.val_fraction, config.seed)
     else:
         train_index = np.setdiff1d(np.arange(len(y)), val_index)
@@ -152,7 +156,7 @@ def fit(
             loss.backward()
             optimizer.step()
             sums += [loss.item(), *(v.item() for v in losses)]
-        val_loss, val_auroc = _validate(module, xv, yv, pos_weight)
+        val_loss, val_auroc = _validate(module, xv, yv, pos_weight) if len(val_index) else (math.nan,) * 2
         record = dict(zip(("loss", "response", "recon", "align"), sums / steps, strict=True))
         record.update(epoch=epoch, val_loss=val_loss, val_auroc=val_auroc)
         history.append(record)
@@ -175,7 +179,7 @@ def fit(
     else:
         best_epoch = epoch
     module = module.cpu().eval()
-    val_metrics = evaluate(module, bulk_x[val_index], y[val_index])
+    val_metrics = evaluate(module, bulk_x[val_index], y[val_index]) if len(val_index) else {}
     return FitResult(
         module=module,
         best_epoch=best_epoch,

@@ -111,6 +111,19 @@ def test_early_stopping_keeps_the_best_validation_epoch():
     assert abs(y[val].mean() - y.mean()) < 0.05  # stratified
 
 
+def test_without_early_stopping_every_line_trains_for_every_epoch():
+    bulk, y, cells, mask = _synthetic()
+    result = fit(bulk, y, cells, mask, TrainConfig(epochs=4, patience=0, hidden=16, val_fraction=0.25))
+    assert len(result.val_index) == 0 and np.array_equal(result.train_index, np.arange(len(y)))
+    assert result.epochs_run == result.best_epoch == 4 and len(result.history) == 4
+    assert result.val_metrics == {}
+    # the lines a validation split would hold out change the network: they are trained on
+    held_out = fit(bulk, y, cells, mask, TrainConfig(epochs=4, patience=1000, hidden=16))
+    assert len(held_out.val_index) > 0
+    a, b = result.module.state_dict(), held_out.module.state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_device_resolution():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
