@@ -571,8 +571,12 @@ def format_table(table: pd.DataFrame, means: pd.DataFrame, names: list[str]) -> 
         lines.append(f"| {rec['method']} | {f(rec['pooled_auroc_mean'])} ({rec['n_drugs']}) | "
                      f"{f(rec['max_auroc_sd'])} | {f(rec['spearman_mean'])} | "
                      f"{f(rec['calls_agree_mean'], '.1f')} | {f(rec['seed_agreement_mean'])} |")  # fmt: skip
-    chosen = select(means, names)
-    lines += ["", f"Selected by the protocol's rule: **{chosen}**" if chosen else ""]
+    if len(names) > 1:  # a candidate sweep: the protocol's selection rule is on these figures
+        chosen = select(means, names)
+        lines += ["", f"Selected by the protocol's rule: **{chosen}**" if chosen else ""]
+    else:  # one recipe of a label-free round: its own rule decides, not these figures
+        lines += ["", "One recipe, reported: whether it ships is decided by its round's rule in "
+                  "benchmarks/protocol.md, not by these figures."]
     return "\n".join(lines)
 
 

@@ -101,7 +101,8 @@ _DEFAULTS = TrainConfig()
     type=click.IntRange(0),
     default=_DEFAULTS.patience,
     show_default=True,
-    help="Epochs without bulk-validation improvement before stopping (0 = run all epochs).",
+    help="Epochs without bulk-validation improvement before stopping (0 = no early stopping: "
+    "every epoch runs and no validation split is held out).",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option(
