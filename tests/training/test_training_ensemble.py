@@ -110,7 +110,7 @@ def test_more_members_than_folds_repeat_the_split_and_average_the_out_of_fold_lo
 def test_the_student_follows_the_ensemble_and_exports_with_the_calibration_folded_in():
     bulk, y, cells, mask = _synthetic(1)
     ens = fit_ensemble(bulk, y, cells, mask, FAST, members=3)
-    student, fidelity = distill(ens, bulk, cells, mask, FAST, StudentConfig(epochs=40))
+    student, fidelity = distill(ens, bulk, cells, mask, FAST, StudentConfig())
     assert fidelity["bulk"]["pearson_r"] > 0.95 and fidelity["cells"]["pearson_r"] > 0.9
     raw = predict(student, cells)["logit"].astype(np.float64)
     cal = Calibration(slope=0.7, intercept=-1.5, n=len(y), n_sensitive=int(y.sum()))
