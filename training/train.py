@@ -102,12 +102,10 @@ def fit(
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {config.alignment!r}")
     started = time.perf_counter()
     device = configure_torch(config)
-    if config.patience == 0:
-        train_index, val_index = np.arange(len(y)), np.empty(0, dtype=np.int64)
-    elif val_index is None:
-        train_index, val_index = split_validation(y, config.val_fraction, config.seed)
-    else:
-        train_index = np.setdiff1d(np.arange(len(y)), val_index)
+    if val_index is None:  # without early stopping nothing needs holding out
+        val_index = (split_validation(y, config.val_fraction, config.seed)[1] if config.patience > 0
+                     else np.empty(0, np.int64))
+    train_index = np.setdiff1d(np.arange(len(y)), val_index)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     module = ScdrModule(
