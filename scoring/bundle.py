@@ -158,9 +158,18 @@ def list_models(root: Path | None = None) -> list[dict[str, Any]]:
 
 
 def find_bundle(drug: str, root: Path | None = None) -> Path:
-    """The bundle whose drug name or alias equals ``drug`` (case-insensitive)."""
-    bundles = list_bundles(root)
+    """The bundle whose drug name or alias equals ``drug`` (case-insensitive). A folder named
+    after the drug is taken without reading the other cards (they are read for aliases only)."""
+    root = bundled_models_dir() if root is None else root
     key = drug.strip().casefold()
+    if root.is_dir():
+        for sub in sorted(p for p in root.iterdir() if p.name.casefold() == key and p.is_dir()):
+            try:
+                read_card(sub)
+            except BundleError:
+                continue
+            return sub
+    bundles = list_bundles(root)
     for path, card in bundles:
         names = [card["drug"], path.name, *card.get("aliases", [])]
         if key in (str(n).casefold() for n in names):

@@ -134,6 +134,22 @@ def test_drug_lookup_by_name_or_alias(bundle_dir, alias):
     assert find_bundle(alias, root=bundle_dir.parent) == bundle_dir
 
 
+def test_drug_lookup_by_folder_name_passes_over_a_damaged_folder_of_that_name(tmp_path):
+    """A folder named after the drug is found in any case; one whose card cannot be read is
+    passed over for a bundle that names the drug as an alias."""
+    import shutil
+
+    from scdr.scoring.bundle import BundleError, bundled_models_dir, find_bundle
+
+    shutil.copytree(bundled_models_dir() / "cisplatin", tmp_path / "Cisplatin")
+    assert find_bundle("CISPLATIN", root=tmp_path) == tmp_path / "Cisplatin"
+    (tmp_path / "Cisplatin" / "card.json").write_text("{")
+    with pytest.raises(BundleError, match="no model for drug 'cisplatin'"):
+        find_bundle("cisplatin", root=tmp_path)
+    shutil.copytree(bundled_models_dir() / "cisplatin", tmp_path / "platinum")
+    assert find_bundle("cisplatin", root=tmp_path) == tmp_path / "platinum"
+
+
 def test_several_inputs_one_after_the_other(tmp_path, bundle_dir):
     a, b = tmp_path / "a.h5ad", tmp_path / "b.h5ad"
     a.write_bytes(EXAMPLE.read_bytes())
