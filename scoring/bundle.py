@@ -122,12 +122,18 @@ def bundled_models_dir() -> Path:
 def list_bundles(root: Path | None = None) -> list[tuple[Path, Card]]:
     """Every bundle folder under ``root`` (default: the shipped ones) with its card, by name."""
     root = bundled_models_dir() if root is None else root
+    return _readable(sorted(root.iterdir()))
+
+
+def _readable(folders: list[Path]) -> list[tuple[Path, Card]]:
+    """The folders of ``folders`` holding a card that reads, with their cards, in order."""
     found = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir() and (p / "card.json").is_file()):
-        try:
-            found.append((sub, read_card(sub)))
-        except BundleError:
-            continue
+    for sub in folders:
+        if sub.is_dir() and (sub / "card.json").is_file():
+            try:
+                found.append((sub, read_card(sub)))
+            except BundleError:
+                continue
     return found
 
 
@@ -162,13 +168,9 @@ def find_bundle(drug: str, root: Path | None = None) -> Path:
     after the drug is taken without reading the other cards (they are read for aliases only)."""
     root = bundled_models_dir() if root is None else root
     key = drug.strip().casefold()
-    if root.is_dir():
-        for sub in sorted(p for p in root.iterdir() if p.name.casefold() == key and p.is_dir()):
-            try:
-                read_card(sub)
-            except BundleError:
-                continue
-            return sub
+    named = _readable(sorted(p for p in root.iterdir() if p.name.casefold() == key))
+    if named:
+        return named[0][0]
     bundles = list_bundles(root)
     for path, card in bundles:
         names = [card["drug"], path.name, *card.get("aliases", [])]
